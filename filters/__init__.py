@@ -1,0 +1,1 @@
+"""Curation scorers: one per file, each with the same calling shape."""

@@ -1,0 +1,1 @@
+"""fada's models, schedulers, training, distillation, generation and evaluation."""
