@@ -6,8 +6,10 @@ it, and person segmentation. The models are loaded once per process and reused.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -47,21 +49,52 @@ def _solutions():
     return mp.solutions
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide the C++ log lines mediapipe's graphs print on file descriptor 2 when they start."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _started(graph):
+    """Run a graph once on a blank frame with its start-up logging hidden, and return it."""
+    with _native_stderr_silenced():
+        graph.process(np.zeros((64, 64, 3), dtype=np.uint8))
+    return graph
+
+
+def _new_face_mesh(static: bool):
+    with _native_stderr_silenced():
+        mesh = _solutions().face_mesh.FaceMesh(
+            static_image_mode=static, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5
+        )
+    return _started(mesh)
+
+
 @functools.lru_cache(maxsize=4)
 def _face_detector(min_confidence: float):
-    return _solutions().face_detection.FaceDetection(model_selection=0, min_detection_confidence=min_confidence)
+    with _native_stderr_silenced():
+        detector = _solutions().face_detection.FaceDetection(model_selection=0, min_detection_confidence=min_confidence)
+    return _started(detector)
 
 
 @functools.lru_cache(maxsize=2)
 def _face_mesh(static: bool):
-    return _solutions().face_mesh.FaceMesh(
-        static_image_mode=static, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5
-    )
+    return _new_face_mesh(static)
 
 
 @functools.lru_cache(maxsize=1)
 def _segmenter():
-    return _solutions().selfie_segmentation.SelfieSegmentation(model_selection=0)
+    with _native_stderr_silenced():
+        segmenter = _solutions().selfie_segmentation.SelfieSegmentation(model_selection=0)
+    return _started(segmenter)
 
 
 def _as_rgb(frame: np.ndarray) -> np.ndarray:
@@ -114,9 +147,7 @@ class FaceMeshTracker:
     """
 
     def __init__(self) -> None:
-        self._mesh = _solutions().face_mesh.FaceMesh(
-            static_image_mode=False, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5
-        )
+        self._mesh = _new_face_mesh(static=False)
 
     def landmarks(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         frame = _as_rgb(frame_rgb)
