@@ -1,0 +1,197 @@
+"""The model configuration shared by the teacher and the student (SPEC §3) and its named presets.
+
+A `ModelConfig` is everything needed to rebuild a `FadaModel`'s modules; checkpoints store it with
+`to_dict()` and read it back with `from_dict()`. The teacher and the student differ only in
+`cfg_conditioning` (SPEC §4, "CFG inside distillation").
+
+Presets:
+- `tiny`: tests; 32×32 pixel space, two UNet levels of (16, 32) channels with attention at the
+  16×16 level and the mid block, F=4, M=2. Well under a second per forward on one CPU core.
+- `demo`: the CPU end-to-end demo; 64×64 pixel space (a face crop at 64 px still shows a mouth of
+  ~10 px that opens and closes), three levels (32, 64, 128) with attention (reference, audio,
+  temporal) only at the 16×16 level and the mid block: attention at 32×32 made a CPU forward 2.5×
+  slower (it is quadratic in tokens and the reference adds (1+M)× keys); F=8, M=2.
+- `sd15`: the paper's scale; 512² images as SD1.5 VAE latents (4×64×64), SD1.5 UNet sizes,
+  cross-attention width 768, F=16, M=4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.errors import UsageError
+
+LATENT_CODECS = ("none", "vae")
+AUDIO_ENCODERS = ("mel", "wav2vec2")
+CFG_CONDITIONINGS = ("none", "tokens", "layer", "time-embed")
+MEL_SUBFRAMES = 4  # log-mel frames per video frame (hop 160 samples = 10 ms at 16 kHz, 40 ms per frame)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "tiny"  # name of the preset this config started from (informational)
+    # --- images and latents ---
+    sample_size: int = 32  # side in pixels of the square face crops the model generates
+    latent_codec: str = "none"  # 'none': pixel space, images in [-1, 1] are the latents; 'vae': AutoencoderKL
+    latent_channels: int = 3  # C of the latents (3 in pixel space, 4 for the SD1.5 VAE)
+    vae_scaling_factor: float = 0.18215  # latents = vae.encode(x).mean * factor (SD1.5 value)
+    vae_block_out_channels: tuple[int, ...] = (128, 256, 512, 512)  # VAE levels; 2^(n-1) = downsampling factor
+    vae_layers_per_block: int = 2  # resnets per VAE level
+    vae_norm_num_groups: int = 32  # GroupNorm groups inside the VAE
+    # --- the two UNets (reference net and denoising net have the same shape) ---
+    block_out_channels: tuple[int, ...] = (16, 32)  # channels per UNet level
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D")  # diffusers block names
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D")  # mirror of down_block_types
+    layers_per_block: int = 1  # resnets (and transformers) per level
+    norm_num_groups: int = 4  # GroupNorm groups in the UNets and the temporal layers
+    attention_head_dim: int = 2  # diffusers' (mis)named field: number of heads of the spatial attention (SD1.5: 8)
+    cross_attention_dim: int = 32  # width of the audio tokens and CFG tokens (SD1.5: 768)
+    # --- temporal attention across the F frames ---
+    temporal_heads: int = 2  # heads of each temporal transformer
+    temporal_max_frames: int = 32  # length of the sinusoidal frame-position table (must be >= frames_per_clip)
+    # --- clip structure ---
+    frames_per_clip: int = 4  # F: frames denoised together in one clip
+    motion_frames: int = 2  # M: last frames of the previous clip fed to the reference net
+    # --- audio ---
+    audio_encoder: str = "mel"  # 'mel' (log-mel, no weights) or 'wav2vec2' (local folder)
+    audio_encoder_path: str | None = None  # local wav2vec2 folder (required for 'wav2vec2')
+    n_mels: int = 16  # mel bands of the 'mel' encoder
+    audio_feature_dim: int = 64  # D_feat per frame: 4·n_mels for 'mel', hidden_size for 'wav2vec2'
+    audio_window: int = 2  # frames each side of a video frame whose features it sees (W = 2·window + 1)
+    audio_tokens: int = 4  # N: audio tokens per video frame
+    audio_hidden_dim: int = 64  # width of the hidden layer of the audio projection MLP
+    # --- conditions (SPEC §3) ---
+    p_drop_audio: float = 0.10  # training: probability of dropping the audio alone (null audio tokens)
+    p_drop_both: float = 0.05  # training: probability of dropping audio and reference together
+    # --- student CFG conditioning (SPEC §3, §4; Eq. 10) ---
+    cfg_conditioning: str = "none"  # 'none' (teacher) | 'tokens' (Eq. 10) | 'layer' (no tokens) | 'time-embed'
+    cfg_tokens: int = 4  # number of tokens in each of γ_a, γ_r, γ_b (and in the 'layer' scale embedding)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into checkpoints
+
+    def __post_init__(self) -> None:
+        _check_choice("latent_codec", self.latent_codec, LATENT_CODECS)
+        _check_choice("audio_encoder", self.audio_encoder, AUDIO_ENCODERS)
+        _check_choice("cfg_conditioning", self.cfg_conditioning, CFG_CONDITIONINGS)
+        if len(self.down_block_types) != len(self.block_out_channels) or len(self.up_block_types) != len(
+            self.block_out_channels
+        ):
+            raise UsageError(
+                f"block types {self.down_block_types}/{self.up_block_types} do not match "
+                f"block_out_channels {self.block_out_channels}; give one type per level."
+            )
+        if self.frames_per_clip < 1 or self.frames_per_clip > self.temporal_max_frames:
+            raise UsageError(
+                f"frames_per_clip={self.frames_per_clip} must be in 1..temporal_max_frames={self.temporal_max_frames}; "
+                "lower frames_per_clip or raise temporal_max_frames."
+            )
+        if self.motion_frames < 0:
+            raise UsageError(f"motion_frames={self.motion_frames} must be >= 0.")
+        if self.sample_size % self.latent_downsample != 0:
+            raise UsageError(
+                f"sample_size={self.sample_size} is not divisible by the codec's factor {self.latent_downsample}."
+            )
+        if self.audio_encoder == "mel" and self.audio_feature_dim != MEL_SUBFRAMES * self.n_mels:
+            mel_dim = MEL_SUBFRAMES * self.n_mels
+            raise UsageError(
+                f"audio_feature_dim={self.audio_feature_dim} does not match the mel encoder's "
+                f"{MEL_SUBFRAMES}·n_mels={mel_dim}; set audio_feature_dim={mel_dim}."
+            )
+        for name in ("p_drop_audio", "p_drop_both"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"{name}={value} must be a probability in [0, 1].")
+
+    @property
+    def latent_downsample(self) -> int:
+        """Pixel → latent downsampling factor (1 in pixel space, 8 for the SD1.5 VAE)."""
+        return 1 if self.latent_codec == "none" else 2 ** (len(self.vae_block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        """Side h = w of the latents."""
+        return self.sample_size // self.latent_downsample
+
+    @property
+    def audio_window_size(self) -> int:
+        """W = 2·audio_window + 1 frames of audio features per video frame."""
+        return 2 * self.audio_window + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists) for checkpoints."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v) for f, v in _items(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; unknown keys are an error."""
+        _check_keys(data)
+        tuples = {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple")}
+        return cls(**{k: (tuple(v) if k in tuples else v) for k, v in data.items()})
+
+
+def _items(config: ModelConfig):
+    return ((f, getattr(config, f.name)) for f in dataclasses.fields(config))
+
+
+def _check_keys(data: dict[str, Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(ModelConfig)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise UsageError(f"unknown model config key(s) {unknown}; valid keys: {', '.join(valid)}.")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{name}={value!r} is not valid; use one of {', '.join(choices)}.")
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(),
+    "demo": ModelConfig(
+        preset="demo",
+        sample_size=64,
+        block_out_channels=(32, 64, 128),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=4,
+        cross_attention_dim=64,
+        temporal_heads=4,
+        frames_per_clip=8,
+        motion_frames=2,
+        n_mels=20,
+        audio_feature_dim=80,
+        audio_tokens=4,
+        audio_hidden_dim=128,
+    ),
+    "sd15": ModelConfig(
+        preset="sd15",
+        sample_size=512,
+        latent_codec="vae",
+        latent_channels=4,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=2,
+        norm_num_groups=32,
+        attention_head_dim=8,
+        cross_attention_dim=768,
+        temporal_heads=8,
+        frames_per_clip=16,
+        motion_frames=4,
+        n_mels=32,
+        audio_feature_dim=128,
+        audio_tokens=32,
+        audio_hidden_dim=1024,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with `overrides` applied (e.g. `get_preset("demo", frames_per_clip=4)`)."""
+    if name not in PRESETS:
+        raise UsageError(f"unknown model preset {name!r}; use one of {', '.join(PRESETS)}.")
+    _check_keys(overrides)
+    return dataclasses.replace(PRESETS[name], **overrides)
