@@ -1,0 +1,421 @@
+"""`fada eval`: generated videos against reference videos with the metrics of SPEC §6.
+
+1. list both sets (a clip manifest or a folder of mp4) and pair them by file stem;
+2. load the learned extractors the user named (each checked against its contract, file hashed);
+3. analyse every video once: frames, audio, face-mesh landmarks; per-video scores (SyncNet,
+   sync proxy, IQA, sharpness, NFE-D from the generation stats JSON) and per-frame / per-clip
+   features for the set metrics;
+4. set metrics: Fréchet distances (FID, FVD, FVD-R, E-FID, E-FID proxy) and per-video means;
+5. write ``metrics.json`` and ``per_video.parquet`` into the output folder.
+
+A metric whose weights were not given is reported ``unavailable`` with the option that enables
+it; its ``*_proxy`` is a separate row, never a stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from filters import quality
+from filters.base import ClipData, ScoringSettings
+from pipelines.devices import resolve_device
+from pipelines.errors import InputFileError, ManifestError, UsageError
+from pipelines.faces import FaceMeshTracker
+from pipelines.manifest import clip_path, read_manifest
+from pipelines.media import probe_video, read_audio, read_video
+from pipelines.metrics import extractors, proxies
+from pipelines.metrics.frechet import frechet_distance_of_features
+from pipelines.progress import log, make_progress
+
+SETS = ("generated", "reference")
+FID_STABLE_FRAMES = 2048  # SPEC §6: fewer Inception frames do not give a stable FID
+WEIGHT_OPTIONS = {
+    "fid": "inception_weights",
+    "fvd": "i3d_weights",
+    "fvd_r": "r3d_weights",
+    "e_fid": "expression_weights",
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Which extractors to load and how to run them; a None weights path makes its metric unavailable."""
+
+    syncnet_weights: Path | None = None  # SyncNet `syncnet_v2.model` → Sync-D (LSE-D), Sync-C (LSE-C)
+    inception_weights: Path | None = None  # Inception TorchScript → FID
+    i3d_weights: Path | None = None  # I3D TorchScript → FVD
+    r3d_weights: Path | None = None  # 3D-ResNet TorchScript → FVD-R
+    expression_weights: Path | None = None  # expression-coefficient TorchScript → E-FID
+    iqa_metric: str | None = "musiq"  # pyiqa metric read from pyiqa's local cache → IQA; None: no IQA
+    device: str = "cpu"  # where the TorchScript extractors run (auto, cpu, cuda[:N], mps)
+    batch_size: int = 16  # frames (or 16-frame clips) per extractor call
+    e_fid_components: int = 16  # PCA components of the E-FID proxy
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """One row of the report."""
+
+    name: str  # iqa, iqa_proxy, sync_d, sync_c, sync_proxy, sync_proxy_offset, fid, fvd, fvd_r, e_fid, ...
+    status: str  # ok | unavailable (weights not given) | insufficient (too few samples)
+    value: float | None  # on the generated set; a distance between the sets for Fréchet metrics
+    reference_value: float | None  # the same per-video metric on the reference set; None for distances
+    n: int  # generated samples behind `value` (see `unit`)
+    n_reference: int  # reference samples
+    unit: str  # what n counts: videos | frames | clips
+    better: str  # lower | higher | "" (NFE-D: a cost)
+    extractor: str | None  # extractor name
+    extractor_sha256: str | None  # sha256 of its weights file (None for weight-free or pyiqa-cache extractors)
+    enable: str | None = None  # the option that makes an unavailable metric available
+    note: str = ""  # why unavailable / insufficient, or a caveat
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    metrics: list[MetricResult]
+    per_video: pd.DataFrame  # one row per (set, stem)
+    pairs: int  # videos evaluated in each set
+    unpaired: dict[str, list[str]] = field(default_factory=dict)  # set → stems without a partner
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. sources
+
+
+def list_videos(source: Path, option: str) -> dict[str, Path]:
+    """stem → mp4 path of a folder of mp4 files or a clip manifest (Parquet)."""
+    source = Path(source)
+    if source.is_dir():
+        videos = {path.stem: path for path in sorted(source.glob("*.mp4"))}
+        if not videos:
+            raise InputFileError(f"{option} {source}: no .mp4 files in the folder; point it at the videos.")
+        return videos
+    if source.is_file() and source.suffix == ".parquet":
+        df = read_manifest(source, required=("clip_id", "video_path"))
+        videos: dict[str, Path] = {}
+        for relative in df["video_path"]:
+            path = clip_path(source, relative)
+            if path.stem in videos:
+                raise ManifestError(f"{option} {source}: two clips share the file stem {path.stem!r}; rename one.")
+            videos[path.stem] = path
+        return videos
+    raise InputFileError(f"{option} {source}: not a folder of mp4 files or a manifest.parquet; check the path.")
+
+
+def pair_videos(generated: dict[str, Path], reference: dict[str, Path]) -> list[str]:
+    """The stems present in both sets, sorted; UsageError when there are none."""
+    stems = sorted(set(generated) & set(reference))
+    if not stems:
+        raise UsageError(
+            f"no generated video shares a file stem with a reference video (generated: "
+            f"{', '.join(list(generated)[:3])}…; reference: {', '.join(list(reference)[:3])}…); "
+            "name each generated video after its reference clip."
+        )
+    return stems
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. extractors
+
+
+@dataclass(frozen=True)
+class LoadedExtractors:
+    torchscript: dict[str, extractors.Extractor]  # metric → extractor, only those given
+    syncnet: extractors.SyncNetExtractor | None
+    iqa_problem: str | None  # why pyiqa cannot run (None: it can)
+
+
+def load_extractors(config: EvalConfig) -> LoadedExtractors:
+    device = resolve_device(config.device)
+    torchscript = {
+        metric: extractors.load_torchscript(getattr(config, attribute), extractors.CONTRACTS[metric], device)
+        for metric, attribute in WEIGHT_OPTIONS.items()
+        if getattr(config, attribute) is not None
+    }
+    syncnet = extractors.load_syncnet(config.syncnet_weights) if config.syncnet_weights is not None else None
+    problem = quality.pyiqa_weights_problem(config.iqa_metric) if config.iqa_metric else "no --iqa-metric chosen"
+    return LoadedExtractors(torchscript, syncnet, problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. one video
+
+
+def read_nfe(video: Path) -> tuple[float | None, str]:
+    """NFE-D from the generation stats ``VIDEO.json`` beside the video: (nfe, note)."""
+    stats = video.with_suffix(".json")
+    if not stats.is_file():
+        return None, f"no stats file {stats.name}"
+    try:
+        payload = json.loads(stats.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputFileError(
+            f"generation stats {stats} is not valid JSON ({exc}); regenerate it with `fada generate`."
+        ) from exc
+    nfe = payload.get("nfe") if isinstance(payload, dict) else None
+    if not isinstance(nfe, int | float) or isinstance(nfe, bool):
+        return None, f"{stats.name} has no numeric 'nfe' field"
+    return float(nfe), ""
+
+
+def analyse_video(path: Path, loaded: LoadedExtractors, config: EvalConfig, with_nfe: bool) -> tuple[dict, dict]:
+    """(per-video row, per-video samples): samples hold features per metric and the landmarks."""
+    frames, fps = read_video(path)  # (T, H, W, 3) uint8
+    has_audio = probe_video(path).has_audio
+    with FaceMeshTracker() as tracker:
+        landmarks = [tracker.landmarks(frame) for frame in frames]
+    notes: list[str] = []
+    row: dict = {"video_path": str(path), "n_frames": len(frames), "fps": fps, "has_audio": has_audio}
+    row["face_frames"] = sum(points is not None for points in landmarks)
+    row["sharpness"] = proxies.iqa_proxy(frames)
+    row["iqa"] = math.nan
+    if loaded.iqa_problem is None:
+        try:
+            row["iqa"] = quality.pyiqa_score(frames[:: quality.FRAME_STEP], config.iqa_metric)
+        except (RuntimeError, OSError, ValueError) as exc:  # weights present but unusable on this video
+            notes.append(f"iqa: {config.iqa_metric} failed ({' '.join(str(exc).split())[:160]})")
+    if has_audio:
+        settings = ScoringSettings(syncnet_weights=config.syncnet_weights, iqa_metric=None)
+        clip = ClipData(frames=frames, audio=read_audio(path), fps=fps, landmarks=landmarks, settings=settings)
+        scores = proxies.sync_scores(clip)
+        notes += [scores.pop("notes")] if "notes" in scores else []
+        row.update(scores)
+    else:
+        notes.append("no audio track: no sync scores")
+    if with_nfe:
+        row["nfe"], nfe_note = read_nfe(path)
+        notes += [nfe_note] if nfe_note else []
+    row["notes"] = "; ".join(notes)
+    samples = {
+        metric: extractor.features(
+            extractors.video_clips(frames) if extractor.contract.clips else frames, config.batch_size
+        )
+        for metric, extractor in loaded.torchscript.items()
+    }
+    samples["landmarks"] = np.stack([p for p in landmarks if p is not None]) if row["face_frames"] else None
+    return row, samples
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. set metrics
+
+
+def _finite_mean(values: pd.Series) -> tuple[float | None, int]:
+    finite = pd.to_numeric(values, errors="coerce").dropna()
+    finite = finite[np.isfinite(finite)]
+    return (float(finite.mean()), len(finite)) if len(finite) else (None, 0)
+
+
+def per_video_metric(name, df, column, better, extractor, sha256=None, transform=None) -> MetricResult:
+    """Mean of a per-video column over each set (NaN videos left out and not counted)."""
+    values = {s: df.loc[df["set"] == s, column] if column in df else pd.Series(dtype=float) for s in SETS}
+    if transform is not None:
+        values = {s: transform(v) for s, v in values.items()}
+    (gen, n_gen), (ref, n_ref) = (_finite_mean(values[s]) for s in SETS)
+    status, note = ("ok", "") if n_gen else ("insufficient", f"no generated video gave a finite {column}")
+    return MetricResult(name, status, gen, ref, n_gen, n_ref, "videos", better, extractor, sha256, note=note)
+
+
+def unavailable(name: str, unit: str, better: str, enable: str, note: str = "") -> MetricResult:
+    return MetricResult(name, "unavailable", None, None, 0, 0, unit, better, None, None, enable, note)
+
+
+def frechet_metric(name, generated, reference, unit, extractor, sha256, note="") -> MetricResult:
+    n_gen, n_ref = len(generated), len(reference)
+    if n_gen < 2 or n_ref < 2:
+        reason = f"a Fréchet distance needs >= 2 {unit} per set, got {n_gen} generated and {n_ref} reference"
+        return MetricResult(
+            name, "insufficient", None, None, n_gen, n_ref, unit, "lower", extractor, sha256, note=reason
+        )
+    value = frechet_distance_of_features(generated, reference)
+    return MetricResult(name, "ok", value, None, n_gen, n_ref, unit, "lower", extractor, sha256, note=note)
+
+
+def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: LoadedExtractors, config: EvalConfig):
+    results: list[MetricResult] = []
+    # NFE-D: counted by the generating pipeline, read from its stats JSON
+    nfe = df.loc[df["set"] == "generated", "nfe"].dropna() if "nfe" in df else pd.Series(dtype=float)
+    if len(nfe):
+        n_videos = int((df["set"] == "generated").sum())
+        notes = [f"varies across videos: {nfe.min():g}..{nfe.max():g}; mean shown"] if nfe.nunique() > 1 else []
+        notes += [f"{n_videos - len(nfe)} of {n_videos} videos have no stats"] if len(nfe) < n_videos else []
+        results.append(
+            MetricResult(
+                "nfe_d", "ok", float(nfe.mean()), None, len(nfe), 0, "videos", "", "stats json", None, "; ".join(notes)
+            )
+        )
+    else:
+        results.append(
+            unavailable(
+                "nfe_d",
+                "videos",
+                "",
+                "VIDEO.json with 'nfe' beside each video (`fada generate`)",
+            )
+        )
+    # IQA and its proxy
+    if loaded.iqa_problem is None:
+        results.append(per_video_metric("iqa", df, "iqa", "higher", f"pyiqa {config.iqa_metric} (local cache)"))
+    else:
+        results.append(
+            unavailable(
+                "iqa",
+                "videos",
+                "higher",
+                "--iqa-metric NAME (weights in pyiqa's cache)",
+                loaded.iqa_problem,
+            )
+        )
+    results.append(per_video_metric("iqa_proxy", df, "sharpness", "higher", proxies.IQA_PROXY_EXTRACTOR))
+    # Sync-D / Sync-C (SyncNet) and the landmark proxy
+    if loaded.syncnet is not None:
+        results.append(per_video_metric("sync_d", df, "sync_dist", "lower", loaded.syncnet.name, loaded.syncnet.sha256))
+        results.append(
+            per_video_metric("sync_c", df, "sync_conf", "higher", loaded.syncnet.name, loaded.syncnet.sha256)
+        )
+    else:
+        results += [
+            unavailable(name, "videos", better, "--syncnet-weights PATH (syncnet_v2.model)")
+            for name, better in (("sync_d", "lower"), ("sync_c", "higher"))
+        ]
+    results.append(per_video_metric("sync_proxy", df, "sync_proxy_conf", "higher", proxies.SYNC_PROXY_EXTRACTOR))
+    results.append(
+        per_video_metric(
+            "sync_proxy_offset",
+            df,
+            "sync_proxy_offset",
+            "lower",
+            proxies.SYNC_PROXY_EXTRACTOR,
+            transform=lambda v: v.abs(),
+        )
+    )
+    # Fréchet distances of learned features
+    for metric in WEIGHT_OPTIONS:
+        contract = extractors.CONTRACTS[metric]
+        unit = "clips" if contract.clips else "frames"
+        extractor = loaded.torchscript.get(metric)
+        if extractor is None:
+            results.append(unavailable(metric, unit, "lower", f"{contract.option} PATH"))
+            continue
+        gen, ref = (np.concatenate([v[metric] for v in samples[s]]) for s in SETS)
+        note = (
+            f"N < {FID_STABLE_FRAMES} frames: not a stable figure (SPEC §6)"
+            if metric == "fid" and len(gen) < FID_STABLE_FRAMES
+            else ""
+        )
+        results.append(frechet_metric(metric, gen, ref, unit, extractor.name, extractor.sha256, note))
+    # E-FID proxy (landmark expression descriptor)
+    landmarks = {s: [v["landmarks"] for v in samples[s] if v["landmarks"] is not None] for s in SETS}
+    try:
+        proxy = proxies.e_fid_proxy(landmarks["generated"], landmarks["reference"], config.e_fid_components)
+        results.append(
+            MetricResult(
+                "e_fid_proxy",
+                "ok",
+                proxy.value,
+                None,
+                proxy.n_generated,
+                proxy.n_reference,
+                "frames",
+                "lower",
+                proxies.E_FID_PROXY_EXTRACTOR,
+                None,
+                note=f"{proxy.n_components} PCA components",
+            )
+        )
+    except ValueError as exc:
+        results.append(
+            MetricResult(
+                "e_fid_proxy",
+                "insufficient",
+                None,
+                None,
+                0,
+                0,
+                "frames",
+                "lower",
+                proxies.E_FID_PROXY_EXTRACTOR,
+                None,
+                note=str(exc),
+            )
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. the driver and its outputs
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def report_payload(report: EvalReport, generated: Path, reference: Path, config: EvalConfig) -> dict:
+    """What `metrics.json` holds (and `--json` prints)."""
+    return {
+        "generated": str(generated),
+        "reference": str(reference),
+        "pairs": report.pairs,
+        "unpaired": report.unpaired,
+        "config": {key: _json_safe(value) for key, value in asdict(config).items()},
+        "metrics": [{key: _json_safe(value) for key, value in asdict(m).items()} for m in report.metrics],
+    }
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def evaluate(
+    generated: Path, reference: Path, out_dir: Path, config: EvalConfig = EvalConfig(), quiet: bool = False
+) -> EvalReport:
+    """Evaluate the generated set against the reference set; write metrics.json and per_video.parquet."""
+    # 1. sources and pairs
+    videos = {"generated": list_videos(generated, "--generated"), "reference": list_videos(reference, "--reference")}
+    stems = pair_videos(videos["generated"], videos["reference"])
+    unpaired = {s: sorted(set(videos[s]) - set(stems)) for s in SETS}
+    for s in SETS:
+        if unpaired[s]:
+            log(
+                f"{len(unpaired[s])} {s} video(s) without a partner left out: {', '.join(unpaired[s][:5])}", quiet=quiet
+            )
+    # 2. extractors (a bad file fails here, before any video is read)
+    loaded = load_extractors(config)
+    # 3. every video once
+    rows, samples = [], {s: [] for s in SETS}
+    with make_progress(quiet) as progress:
+        task = progress.add_task("eval videos", total=2 * len(stems))
+        for s in SETS:
+            for stem in stems:
+                row, video_samples = analyse_video(videos[s][stem], loaded, config, with_nfe=s == "generated")
+                rows.append({"set": s, "stem": stem, **row})
+                samples[s].append(video_samples)
+                progress.advance(task)
+    per_video = pd.DataFrame(rows)
+    # 4. set metrics
+    report = EvalReport(set_metrics(per_video, samples, loaded, config), per_video, len(stems), unpaired)
+    # 5. outputs
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps(report_payload(report, generated, reference, config), indent=2) + "\n"
+    _write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(payload))
+    _write_atomic(out_dir / "per_video.parquet", lambda tmp: per_video.to_parquet(tmp, index=False))
+    return report

@@ -1,0 +1,116 @@
+"""Weight-free proxies of the learned metrics, named ``*_proxy`` and never substituted for them.
+
+- ``e_fid_proxy``: a landmark expression descriptor. Face-mesh landmarks of every frame are aligned
+  by a least-squares similarity transform (Umeyama, TPAMI 1991) to a canonical shape — the
+  generalised Procrustes mean (Gower, Psychometrika 1975) of the reference videos' median shapes —
+  which removes translation, in-plane rotation and scale; each video's median aligned shape is
+  subtracted (identity removed, expression kept); a PCA fitted on the reference set's descriptors
+  reduces them to K coefficients, and the Fréchet distance between the two sets' coefficients is
+  the proxy (lower is better; 0 for identical sets). Out-of-plane head rotation is not removed and
+  counts as expression.
+- ``sync_proxy``: `filters.sync` — mouth opening vs audio RMS, best Pearson r over ±15 frame lags.
+- ``iqa_proxy``: `filters.quality.laplacian_sharpness` on every `FRAME_STEP`-th frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from filters import quality, sync
+from filters.base import ClipData
+from pipelines.metrics.frechet import frechet_distance_of_features
+
+E_FID_PROXY_EXTRACTOR = "face-mesh expression pca (weight-free)"
+SYNC_PROXY_EXTRACTOR = "mouth/audio-rms lag correlation"
+IQA_PROXY_EXTRACTOR = "laplacian sharpness"
+
+
+def _normalised(shape: np.ndarray) -> np.ndarray:
+    """Centred at the origin with unit Frobenius norm, ``(P, 2)``."""
+    centred = shape - shape.mean(axis=0)
+    return centred / max(np.linalg.norm(centred), 1e-12)
+
+
+def similarity_align(shape: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``shape`` ``(P, 2)`` mapped by the similarity s·R·x + t closest to ``target`` in least squares.
+
+    Umeyama 1991, Eqs. 40–42: with the centred point sets X, Y and the SVD U D Vᵀ of YᵀX / P,
+    R = U S Vᵀ (S = diag(1, det(U Vᵀ)), no reflection), s = tr(D S) / σ²_X, t = μ_Y − s R μ_X.
+    """
+    mu_x, mu_y = shape.mean(axis=0), target.mean(axis=0)
+    x, y = shape - mu_x, target - mu_y
+    u, d, vt = np.linalg.svd(y.T @ x / len(shape))
+    s_fix = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rotation = u @ s_fix @ vt
+    scale = np.trace(np.diag(d) @ s_fix) / max((x**2).sum() / len(shape), 1e-12)
+    return scale * x @ rotation.T + mu_y
+
+
+def canonical_shape(shapes: list[np.ndarray], iterations: int = 10) -> np.ndarray:
+    """Generalised Procrustes mean of ``(P, 2)`` shapes, centred, unit norm."""
+    mean = _normalised(np.asarray(shapes[0], np.float64))
+    for _ in range(iterations):
+        aligned = [similarity_align(np.asarray(s, np.float64), mean) for s in shapes]
+        mean = _normalised(np.mean(aligned, axis=0))
+    return mean
+
+
+def expression_descriptors(landmarks: np.ndarray, canonical: np.ndarray) -> np.ndarray:
+    """``(T, P, 2)`` landmarks of one video → ``(T, 2P)``: aligned to ``canonical``, video median removed."""
+    aligned = np.stack([similarity_align(np.asarray(frame, np.float64), canonical) for frame in landmarks])
+    residual = aligned - np.median(aligned, axis=0)  # (T, P, 2): identity (the video's median face) removed
+    return residual.reshape(len(landmarks), -1)
+
+
+@dataclass(frozen=True)
+class ExpressionPCA:
+    """PCA of expression descriptors, fitted on the reference set."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (K, D), rows orthonormal, by decreasing variance
+
+    @classmethod
+    def fit(cls, descriptors: np.ndarray, n_components: int) -> ExpressionPCA:
+        mean = descriptors.mean(axis=0)
+        _, _, vt = np.linalg.svd(descriptors - mean, full_matrices=False)  # rows of vt: principal axes
+        return cls(mean=mean, components=vt[:n_components])
+
+    def transform(self, descriptors: np.ndarray) -> np.ndarray:
+        return (descriptors - self.mean) @ self.components.T  # (N, K)
+
+
+@dataclass(frozen=True)
+class EFidProxy:
+    value: float  # Fréchet distance of the PCA coefficients
+    n_generated: int  # generated frames used
+    n_reference: int  # reference frames used
+    n_components: int  # K
+
+
+def e_fid_proxy(generated: list[np.ndarray], reference: list[np.ndarray], n_components: int = 16) -> EFidProxy:
+    """E-FID proxy between two lists of per-video ``(T, P, 2)`` landmark arrays (frames with a face)."""
+    generated = [v for v in generated if len(v) >= 2]
+    reference = [v for v in reference if len(v) >= 2]
+    if not generated or not reference:
+        raise ValueError("need at least one video with >= 2 face-mesh frames in each set")
+    canonical = canonical_shape([np.median(v, axis=0) for v in reference])
+    ref = np.concatenate([expression_descriptors(v, canonical) for v in reference])  # (N_r, 2P)
+    gen = np.concatenate([expression_descriptors(v, canonical) for v in generated])  # (N_g, 2P)
+    k = min(n_components, len(ref) - 1, ref.shape[1])
+    if k < 1 or len(gen) < 2:
+        raise ValueError(f"too few frames for the PCA ({len(gen)} generated, {len(ref)} reference)")
+    pca = ExpressionPCA.fit(ref, k)
+    value = frechet_distance_of_features(pca.transform(gen), pca.transform(ref))
+    return EFidProxy(value=value, n_generated=len(gen), n_reference=len(ref), n_components=k)
+
+
+def sync_scores(clip: ClipData) -> dict[str, float | str]:
+    """`filters.sync.score`: SyncNet columns (with weights in ``clip.settings``) and the proxy columns."""
+    return sync.score(clip)
+
+
+def iqa_proxy(frames: np.ndarray) -> float:
+    """Median Laplacian-variance sharpness of every `FRAME_STEP`-th frame (higher = sharper)."""
+    return quality.laplacian_sharpness(frames[:: quality.FRAME_STEP])
