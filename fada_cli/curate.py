@@ -2,14 +2,80 @@
 
 from __future__ import annotations
 
-from pipelines.errors import NotImplementedYetError
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fada_cli.options import JsonOption, QuietOption
+from filters.base import ScoringSettings
+from filters.tiers import load_thresholds
+from pipelines.curate import CurateConfig, CurateSummary, run_curate
+from pipelines.errors import UsageError
 
 
-def command() -> None:
+def print_summary(summary: CurateSummary) -> None:
+    """The final table on stdout: clips per tier, reject reasons, throughput."""
+    table = Table(title=f"fada curate → {summary.manifest}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for tier, count in summary.tiers.items():
+        table.add_row(f"tier {tier}", str(count))
+    for reason, count in summary.reasons.items():
+        table.add_row(f"  rejected: {reason}", str(count))
+    table.add_row("new rows (this run)", str(summary.new_rows))
+    table.add_row("sources skipped (resume)", str(summary.skipped_sources))
+    table.add_row("video scored (s)", f"{summary.video_seconds:.1f}")
+    table.add_row("wall time (s)", f"{summary.wall_seconds:.1f}")
+    table.add_row("video s / wall s", f"{summary.seconds_per_second:.2f}")
+    Console().print(table)
+
+
+def command(
+    inputs: Annotated[list[Path], typer.Argument(help="Video files, folders (recursive) or .txt lists of paths.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: clips/, manifest.parquet, thresholds.yaml.")],
+    size: Annotated[int, typer.Option("--size", help="Side of the square face crop (pixels).")] = 512,
+    min_seconds: Annotated[float, typer.Option("--min-seconds", help="Shortest clip kept (s).")] = 2.0,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Longest clip; longer shots are split.")] = 10.0,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 1,
+    thresholds: Annotated[
+        Path | None, typer.Option("--thresholds", help="YAML/TOML file with `strict` (A) and `lenient` (B) checks.")
+    ] = None,
+    syncnet_weights: Annotated[
+        Path | None, typer.Option("--syncnet-weights", help="SyncNet syncnet_v2.model; without it sync_* are NaN.")
+    ] = None,
+    iqa_metric: Annotated[
+        str, typer.Option("--iqa-metric", help="pyiqa metric read from its local cache ('none' to skip).")
+    ] = "musiq",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep the manifest in --out; skip clips already in it.")
+    ] = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
     """Score raw talking-head videos and sort clips into tiers A ⊂ B.
 
     Example:
 
         fada curate raw_videos/ --out curated/ --size 512 --workers 4
     """
-    raise NotImplementedYetError("`fada curate` is not implemented yet in this release; see CHANGELOG.md for what is.")
+    if syncnet_weights is not None and not syncnet_weights.is_file():
+        raise UsageError(f"--syncnet-weights {syncnet_weights} is not a file; pass the path of syncnet_v2.model.")
+    config = CurateConfig(
+        size=size,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        workers=workers,
+        thresholds=load_thresholds(thresholds),
+        scoring=ScoringSettings(
+            syncnet_weights=syncnet_weights, iqa_metric=None if iqa_metric.lower() == "none" else iqa_metric
+        ),
+    )
+    summary = run_curate(inputs, out, config, resume=resume, quiet=quiet)
+    if json_output:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print_summary(summary)

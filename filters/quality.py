@@ -1,0 +1,109 @@
+"""Image quality: a pyiqa metric read from pyiqa's local cache, sharpness, and OpenCV BRISQUE.
+
+- ``iqa`` / ``iqa_metric``: the pyiqa metric named in the settings, only when its weight file is
+  already in pyiqa's cache (``$TORCH_HOME/hub/pyiqa``); otherwise NaN and the reason — nothing is
+  ever downloaded.
+- ``sharpness``: always; the median over frames of the variance of the Laplacian of the grey
+  image (Pech-Pacheco et al., ICPR 2000), on a 0–255 scale.
+- ``brisque``: OpenCV's `cv2.quality.QualityBRISQUE` where the contrib module and its model files
+  (`brisque_model_live.yml`, `brisque_range_live.yml`, folder in ``$FADA_BRISQUE_DIR``) exist.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from filters.base import NAN, ClipData
+
+NAME = "quality"
+COLUMNS = ("iqa", "iqa_metric", "sharpness", "brisque")
+FRAME_STEP = 5  # score every n-th frame
+BRISQUE_FILES = ("brisque_model_live.yml", "brisque_range_live.yml")
+
+
+def laplacian_sharpness(frames: np.ndarray) -> float:
+    """Median variance of the Laplacian of the grey frames (higher = sharper)."""
+    values = [cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in frames]
+    return float(np.median(values))
+
+
+def pyiqa_cache_dir() -> Path:
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "pyiqa"
+
+
+@functools.lru_cache(maxsize=4)
+def pyiqa_weights_problem(metric: str) -> str | None:
+    """Why the pyiqa metric cannot run offline (None when its weight file is in the local cache)."""
+    from pyiqa.archs import _lazy_import_arch
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+    from pyiqa.utils.registry import ARCH_REGISTRY
+
+    if metric not in DEFAULT_CONFIGS:
+        return f"iqa: unknown pyiqa metric {metric!r}"
+    options = DEFAULT_CONFIGS[metric]["metric_opts"]
+    try:
+        _lazy_import_arch(options["type"])
+        urls = getattr(sys.modules[ARCH_REGISTRY.get(options["type"]).__module__], "default_model_urls", {})
+    except (ImportError, KeyError) as exc:
+        return f"iqa: pyiqa metric {metric!r} cannot be imported ({exc})"
+    keys = [v for v in options.values() if isinstance(v, str) and v in urls] or [k for k in ("url",) if k in urls]
+    if not keys:
+        return f"iqa: cannot tell which weight file pyiqa metric {metric!r} needs; pick e.g. musiq, niqe, brisque"
+    missing = [Path(urls[k]).name for k in keys if not (pyiqa_cache_dir() / Path(urls[k]).name).is_file()]
+    if missing:
+        return f"iqa: {missing[0]} not in pyiqa cache {pyiqa_cache_dir()}; copy it there to enable {metric}"
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def load_pyiqa(metric: str):
+    import pyiqa
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the network from here
+    return pyiqa.create_metric(metric, device="cpu")
+
+
+def pyiqa_score(frames: np.ndarray, metric: str) -> float:
+    import torch
+
+    model = load_pyiqa(metric)
+    images = torch.from_numpy(frames.astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    with torch.no_grad():
+        return float(model(images).mean())
+
+
+def brisque_model_dir() -> Path | None:
+    folder = os.environ.get("FADA_BRISQUE_DIR")
+    if not folder or not hasattr(cv2, "quality"):
+        return None
+    return Path(folder) if all((Path(folder) / name).is_file() for name in BRISQUE_FILES) else None
+
+
+def score(clip: ClipData) -> dict[str, float | str]:
+    frames = clip.frames[::FRAME_STEP]
+    notes = []
+    result: dict[str, float | str] = {"sharpness": laplacian_sharpness(frames), "iqa": NAN, "brisque": NAN}
+    metric = clip.settings.iqa_metric
+    result["iqa_metric"] = metric or ""
+    problem = pyiqa_weights_problem(metric) if metric else "iqa: no --iqa-metric chosen"
+    if problem is None:
+        try:
+            result["iqa"] = pyiqa_score(frames, metric)
+        except (RuntimeError, OSError, ValueError) as exc:  # weights present but unusable
+            problem = f"iqa: {metric} failed ({' '.join(str(exc).split())[:160]})"
+    if problem:
+        notes.append(problem)
+    folder = brisque_model_dir()
+    if folder is not None:
+        model, ranges = (str(folder / name) for name in BRISQUE_FILES)
+        values = [cv2.quality.QualityBRISQUE_compute(f[:, :, ::-1].copy(), model, ranges)[0] for f in frames]
+        result["brisque"] = float(np.mean(values))
+    return {**result, "notes": "; ".join(notes)} if notes else result

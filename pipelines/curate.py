@@ -1,0 +1,396 @@
+"""The curation driver: raw videos → face-centred 25 fps clips → scores → tiers → manifest.
+
+Per source video (the unit of work of one worker process):
+
+1. probe it (a corrupt or audio-less file becomes one rejected row);
+2. find shot cuts (colour-histogram distance between consecutive frames);
+3. cut each shot into equal 2–10 s clips;
+4. per clip: decode, resample to 25 fps / 16 kHz, track the face (detector every n-th frame,
+   centre smoothed over time, one size per clip), crop a square and resize it — or pass an
+   already-cropped clip (one face filling the frame) through at its own resolution;
+5. write the clip mp4, run the shared face analysis once and every scorer in `filters/`, tier it.
+
+Rows are written to ``DIR/manifest.parquet`` atomically after every finished source, so killing
+the run loses no finished row; ``resume`` skips clips whose id is already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from scipy.ndimage import gaussian_filter1d
+
+from filters import background, face, motion, quality, sync
+from filters.base import ScoringSettings, analyse_clip
+from filters.tiers import Thresholds, assign_tier, write_thresholds
+from pipelines import faces, media
+from pipelines.errors import FadaError, UsageError
+from pipelines.manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
+from pipelines.progress import make_progress
+
+SCORERS = (face, sync, motion, quality, background)  # every scorer, in the order they run
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+CLIPS_FOLDER = "clips"  # clip mp4s live in DIR/clips/
+NO_FILE = "."  # video_path of a rejected row that has no clip file
+MANIFEST_NAME = "manifest.parquet"
+THRESHOLDS_NAME = "thresholds.yaml"  # the thresholds used, written next to the manifest
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """Everything one curation run needs; recorded in the manifest metadata."""
+
+    size: int = 512  # side of the square output crop (pixels)
+    min_seconds: float = 2.0  # shortest clip kept; shorter shot remainders are dropped
+    max_seconds: float = 10.0  # longest clip; longer shots are cut into equal parts
+    workers: int = 1  # worker processes (1 = in this process)
+    crop_scale: float = 1.6  # crop side = face box side × this
+    smooth_seconds: float = 0.5  # Gaussian sigma of the crop-centre smoothing (s)
+    passthrough_fill: float = 0.6  # a near-square frame whose face crop would need ≥ this of its side is kept whole
+    cut_hist: float = 0.4  # H-S histogram Bhattacharyya distance of a shot cut (with cut_ncc)
+    cut_ncc: float = 0.9  # grey-structure correlation below which a histogram change is a cut
+    cut_ncc_alone: float = 0.7  # grey-structure correlation below which the frames are a cut anyway
+    thresholds: Thresholds = field(default_factory=Thresholds)  # tier checks
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)  # scorer weights and options
+
+    def validate(self) -> None:
+        checks = [
+            (
+                16 <= self.size <= 4096 and self.size % 2 == 0,
+                f"--size must be even, 16..4096, got {self.size}",
+            ),
+            (self.min_seconds > 0, f"--min-seconds must be > 0, got {self.min_seconds}"),
+            (
+                self.max_seconds >= self.min_seconds,
+                f"--max-seconds ({self.max_seconds}) must be ≥ --min-seconds ({self.min_seconds})",
+            ),
+            (self.workers >= 1, f"--workers must be ≥ 1, got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message + ".")
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs and planning
+
+
+def collect_inputs(inputs: list[Path]) -> list[Path]:
+    """Video files from files, folders (recursive) and .txt lists of paths, de-duplicated, in order."""
+    found: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        elif item.suffix.lower() == ".txt" and item.is_file():
+            lines = [line.strip() for line in item.read_text().splitlines()]
+            found += [(item.parent / line) for line in lines if line and not line.startswith("#")]
+        elif item.exists():
+            found.append(item)
+        else:
+            raise UsageError(f"input not found: {item}; pass video files, folders or a .txt list of paths.")
+    return list(dict.fromkeys(p.absolute() for p in found))
+
+
+def source_key(path: Path) -> str:
+    """A stable short id of a source: its stem and a hash of its absolute path."""
+    digest = hashlib.sha1(str(Path(path).absolute()).encode()).hexdigest()[:8]
+    return f"{Path(path).stem}-{digest}"
+
+
+def shot_cuts(path: Path, config: CurateConfig) -> list[int]:
+    """Frame indices where a new shot starts.
+
+    A cut needs the colour histogram (H-S, Bhattacharyya distance) to change AND the grey image's
+    structure (normalised cross-correlation at 32×32) to break; structure alone suffices when it
+    breaks badly. Brightness flicker changes the histogram but not the structure, so it is no cut.
+    """
+    cuts, previous = [], None
+    for index, frame in enumerate(media.iter_video(path)):
+        small = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)
+        hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+        hist = cv2.normalize(cv2.calcHist([hsv], [0, 1], None, [16, 16], [0, 180, 0, 256]), None).flatten()
+        grey = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+        grey = (grey - grey.mean()) / (grey.std() + 1e-6)  # (32, 32), zero mean, unit variance
+        if previous is not None:
+            distance = cv2.compareHist(previous[0], hist, cv2.HISTCMP_BHATTACHARYYA)
+            ncc = float((previous[1] * grey).mean())
+            if (distance > config.cut_hist and ncc < config.cut_ncc) or ncc < config.cut_ncc_alone:
+                cuts.append(index)
+        previous = (hist, grey)
+    return cuts
+
+
+def plan_clips(n_frames: int, fps: float, cuts: list[int], min_s: float, max_s: float) -> list[tuple[float, float]]:
+    """(start_s, end_s) of the clips: each shot cut into the fewest equal parts of at most max_s."""
+    bounds = [0, *[c for c in cuts if 0 < c < n_frames], n_frames]
+    clips = []
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        length = (last - first) / fps
+        if length < min_s:
+            continue
+        parts = math.ceil(length / max_s - 1e-9)
+        step = length / parts
+        clips += [(first / fps + i * step, first / fps + (i + 1) * step) for i in range(parts)]
+    return clips
+
+
+# ---------------------------------------------------------------------------------------------
+# one clip
+
+
+def resample_frames(frames: np.ndarray, fps: float, target: float = media.VIDEO_FPS) -> np.ndarray:
+    """Nearest-frame resampling to ``target`` fps, ``(T', H, W, 3)``."""
+    if abs(fps - target) < 1e-3:
+        return frames
+    n = int(math.floor(len(frames) * target / fps))
+    return frames[np.minimum(np.round(np.arange(n) * fps / target).astype(int), len(frames) - 1)]
+
+
+def crop_track(frames: np.ndarray, config: CurateConfig) -> tuple[list[tuple[int, int, int]] | None, bool]:
+    """Per-frame square crops (x0, y0, side) following the smoothed face, and whether to pass through.
+
+    None when a face is found on fewer than half of the detector frames.
+    """
+    height, width = frames.shape[1:3]
+    step = max(1, config.scoring.detect_every)
+    picked = [(i, faces.detect_faces(frames[i])) for i in range(0, len(frames), step)]
+    found = [(i, boxes[0]) for i, boxes in picked if boxes]
+    if len(found) < max(1, len(picked) / 2):
+        return None, False
+    index = np.array([i for i, _ in found])
+    all_frames = np.arange(len(frames))
+    sigma = config.smooth_seconds * media.VIDEO_FPS
+    cx = gaussian_filter1d(np.interp(all_frames, index, [b.centre[0] for _, b in found]), sigma, mode="nearest")
+    cy = gaussian_filter1d(np.interp(all_frames, index, [b.centre[1] for _, b in found]), sigma, mode="nearest")
+    size = float(np.median([b.size for _, b in found]))
+    side = min(size * config.crop_scale, width, height)
+    square = abs(width - height) <= 0.05 * max(width, height)
+    if square and side >= config.passthrough_fill * min(width, height):
+        return None, True
+    boxes = [
+        faces.square_crop_box(
+            faces.FaceBox(x - size / 2, y - size / 2, x + size / 2, y + size / 2, 1.0), width, height, config.crop_scale
+        )
+        for x, y in zip(cx, cy, strict=True)
+    ]
+    return boxes, False
+
+
+def even_crop(frames: np.ndarray) -> np.ndarray:
+    """Drop a last row/column so both sides are even (H.264 yuv420p)."""
+    height, width = frames.shape[1:3]
+    return frames[:, : height - height % 2, : width - width % 2]
+
+
+def base_row(clip_id: str, source: Path, start_s: float, end_s: float) -> dict:
+    """A manifest row with no clip file yet (for rejected inputs)."""
+    return {
+        "clip_id": clip_id, "video_path": NO_FILE, "fps": float(media.VIDEO_FPS), "n_frames": 0, "width": 0,
+        "height": 0, "audio_sr": media.AUDIO_SR, "duration_s": end_s - start_s, "source": str(source),
+        "start_s": start_s, "end_s": end_s, "tier": "reject", "reject_reason": "", "tier_reason": "", "notes": "",
+    }  # fmt: skip
+
+
+def rejected_row(clip_id: str, source: Path, reason: str, start_s: float = 0.0, end_s: float = 0.0) -> dict:
+    row = base_row(clip_id, source, start_s, end_s)
+    return {**row, "reject_reason": reason, "tier_reason": reason}
+
+
+def score_frames(frames: np.ndarray, audio: np.ndarray, config: CurateConfig) -> dict:
+    """Run the shared analysis once and every scorer; notes of all scorers joined with '; '."""
+    clip = analyse_clip(frames, audio, settings=config.scoring)
+    scores: dict = {}
+    notes = []
+    for scorer in SCORERS:
+        result = dict(scorer.score(clip))
+        if result.get("notes"):
+            notes.append(str(result["notes"]))
+        result.pop("notes", None)
+        scores.update(result)
+    scores["notes"] = "; ".join(notes)
+    return scores
+
+
+def process_clip(source: Path, clip_id: str, window: tuple[float, float], whole: bool, out_dir: Path,
+                 config: CurateConfig) -> dict:  # fmt: skip
+    """Decode, crop, write and score one clip; a decoding problem gives a rejected row."""
+    start_s, end_s = window
+    try:
+        frames, fps = media.read_video(source, start_s, end_s)
+        audio = media.read_audio(source, media.AUDIO_SR, start_s, end_s)
+    except FadaError as exc:
+        return rejected_row(clip_id, source, f"unreadable: {' '.join(str(exc).split())}", start_s, end_s)
+    frames = resample_frames(frames, fps)  # (T, H, W, 3) at 25 fps
+    n = len(frames)
+    audio = np.pad(audio, (0, max(0, n * 640 - len(audio))))[: n * 640]  # 640 samples per frame
+    boxes, passthrough = crop_track(frames, config)
+    if boxes is None and not passthrough:
+        return rejected_row(clip_id, source, "no face found on most frames", start_s, end_s)
+    relative = f"{CLIPS_FOLDER}/{clip_id}.mp4"
+    target = out_dir / relative
+    if passthrough:
+        frames = even_crop(frames)
+        if whole and abs(fps - media.VIDEO_FPS) < 1e-3 and source.suffix.lower() == ".mp4":
+            shutil.copyfile(source, target)  # already a clip: keep the original bytes
+        else:
+            media.write_video(target, frames, audio=audio)
+    else:
+        frames = np.stack(
+            [
+                cv2.resize(
+                    frame[y0 : y0 + side, x0 : x0 + side], (config.size, config.size), interpolation=cv2.INTER_AREA
+                )
+                for frame, (x0, y0, side) in zip(frames, boxes, strict=True)
+            ]
+        )  # (T, size, size, 3)
+        media.write_video(target, frames, audio=audio)
+    row = base_row(clip_id, source, start_s, end_s)
+    row.update(video_path=relative, n_frames=n, height=frames.shape[1], width=frames.shape[2],
+               duration_s=n / media.VIDEO_FPS)  # fmt: skip
+    row.update(score_frames(frames, audio, config))
+    row["tier"], row["tier_reason"] = assign_tier(row, config.thresholds)
+    row["reject_reason"] = row["tier_reason"] if row["tier"] == "reject" else ""
+    return row
+
+
+def process_source(source: Path, out_dir: Path, config: CurateConfig, done: frozenset[str]) -> list[dict]:
+    """Every row of one source video (skipping clip ids in ``done``); the worker's unit of work."""
+    key = source_key(source)
+    try:
+        info = media.probe_video(source)
+        if not info.has_audio:
+            return [] if f"{key}-src" in done else [rejected_row(f"{key}-src", source, "no audio track")]
+        cuts = shot_cuts(source, config)
+    except FadaError as exc:
+        reason = f"unreadable: {' '.join(str(exc).split())}"
+        return [] if f"{key}-src" in done else [rejected_row(f"{key}-src", source, reason)]
+    windows = plan_clips(info.n_frames, info.fps, cuts, config.min_seconds, config.max_seconds)
+    if not windows:
+        reason = f"no shot of at least {config.min_seconds:g} s"
+        return [] if f"{key}-src" in done else [rejected_row(f"{key}-src", source, reason, 0.0, info.duration_s)]
+    rows = []
+    for index, window in enumerate(windows):
+        clip_id = f"{key}-{index:03d}"
+        if clip_id not in done:
+            rows.append(process_clip(source, clip_id, window, len(windows) == 1 and not cuts, out_dir, config))
+    return rows
+
+
+def scored_seconds(rows: list[dict]) -> float:
+    """Seconds of video that were cut, written and scored (rows with a clip file)."""
+    return float(sum(r["duration_s"] for r in rows if r["video_path"] != NO_FILE))
+
+
+def iter_source_rows(sources: list[Path], out_dir: Path, config: CurateConfig, done: frozenset[str]):
+    """Yield (source, rows) as sources finish, in a process pool when ``config.workers`` > 1."""
+    if config.workers == 1:
+        for source in sources:
+            yield source, process_source(source, out_dir, config, done)
+        return
+    with ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(process_source, s, out_dir, config, done): s for s in sources}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def run_metadata(config: CurateConfig) -> dict:
+    """What the manifest's key-value metadata records about this run."""
+    return {
+        "thresholds": config.thresholds.to_dict(),
+        "scorers": {s.NAME: list(s.COLUMNS) for s in SCORERS},
+        "scoring": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config.scoring).items()},
+        "crop": {"size": config.size, "crop_scale": config.crop_scale, "smooth_seconds": config.smooth_seconds},
+        "clip_seconds": [config.min_seconds, config.max_seconds],
+    }
+
+
+@dataclass(frozen=True)
+class CurateSummary:
+    """What a run did: printed as a table and as --json."""
+
+    manifest: Path  # the manifest written
+    tiers: dict[str, int]  # clips per tier in the whole manifest
+    reasons: dict[str, int]  # rejected clips per failing check (whole manifest)
+    new_rows: int  # rows added by this run
+    skipped_sources: int  # sources whose every clip was already in the manifest (resume)
+    video_seconds: float  # seconds of video scored by this run
+    wall_seconds: float  # wall time of this run
+    workers: int  # worker processes
+
+    @property
+    def seconds_per_second(self) -> float:
+        return self.video_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "manifest": str(self.manifest), "video_s_per_wall_s": self.seconds_per_second}
+
+
+def reason_key(reason: str) -> str:
+    """The check a reason names (its first word, e.g. ``|sync_proxy_offset|`` or ``unreadable:``)."""
+    return reason.split(" ")[0].rstrip(":").strip("|") if reason else ""
+
+
+def summarise(df: pd.DataFrame, manifest: Path, new_rows: list[dict], skipped: int, wall: float,
+              workers: int) -> CurateSummary:  # fmt: skip
+    rejected = df.loc[df["tier"] == "reject", "reject_reason"] if len(df) else pd.Series([], dtype=str)
+    return CurateSummary(
+        manifest=manifest,
+        tiers={tier: int((df["tier"] == tier).sum()) if len(df) else 0 for tier in ("A", "B", "reject")},
+        reasons=dict(Counter(reason_key(r) for r in rejected).most_common()),
+        new_rows=len(new_rows),
+        skipped_sources=skipped,
+        video_seconds=scored_seconds(new_rows),
+        wall_seconds=wall,
+        workers=workers,
+    )
+
+
+def run_curate(inputs: list[Path], out_dir: Path, config: CurateConfig, resume: bool = False,
+               quiet: bool = False) -> CurateSummary:  # fmt: skip
+    """Curate every input video into ``out_dir`` (clips/, manifest.parquet, thresholds.yaml)."""
+    # 1. check inputs and the output folder
+    config.validate()
+    sources = collect_inputs(inputs)
+    if not sources:
+        raise UsageError(f"no videos found in {[str(i) for i in inputs]}; expected {sorted(VIDEO_SUFFIXES)} files.")
+    manifest_path = out_dir / MANIFEST_NAME
+    if manifest_path.exists() and not resume:
+        raise UsageError(f"{manifest_path} already exists; pass --resume to continue it or choose another --out.")
+    (out_dir / CLIPS_FOLDER).mkdir(parents=True, exist_ok=True)
+    write_thresholds(config.thresholds, out_dir / THRESHOLDS_NAME)
+    # 2. rows already done (resume)
+    rows: list[dict] = []
+    if manifest_path.exists():
+        rows = read_manifest(manifest_path).to_dict("records")
+    done = frozenset(r["clip_id"] for r in rows)
+    # 3. score sources, writing the manifest after each finished one
+    metadata = run_metadata(config)
+    new_rows: list[dict] = []
+    skipped = 0
+    started = time.perf_counter()
+    with make_progress(quiet) as progress:
+        task = progress.add_task("curating videos", total=len(sources))
+        for source, source_rows in iter_source_rows(sources, out_dir, config, done):
+            skipped += not source_rows
+            if source_rows:
+                new_rows += source_rows
+                write_manifest(pd.DataFrame(rows + new_rows), manifest_path, "fada curate", metadata)
+            progress.update(task, advance=1, description=f"curating {source.name}")
+    if not manifest_path.exists():
+        write_manifest(pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)), manifest_path, "fada curate", metadata)
+    wall = time.perf_counter() - started
+    # 4. summary over the whole manifest
+    df = read_manifest(manifest_path)
+    return summarise(df, manifest_path, new_rows, skipped, wall, config.workers)

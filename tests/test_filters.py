@@ -1,0 +1,194 @@
+"""Curation scorers on synthetic inputs with a known answer, and the tiering rule."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from filters import motion, quality, sync, tiers
+from filters.background import background_change
+from filters.base import ClipData, ScoringSettings
+from pipelines import faces
+from pipelines.errors import UsageError
+
+RNG_SEED = 1234
+
+
+def envelope(n: int, seed: int = RNG_SEED) -> np.ndarray:
+    """A smooth positive random signal, (n,)."""
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.random((n, 1)), (1, 0), 2.0).ravel() + 0.05
+
+
+def face_landmarks_with_opening(opening: float, shift: tuple[float, float] = (0.0, 0.0), angle: float = 0.0):
+    """468 landmarks: a fixed random face, eyes 40 px apart, inner lips `opening` × 40 px apart."""
+    rng = np.random.default_rng(RNG_SEED)
+    points = rng.uniform(40, 120, (468, 2))
+    points[faces.EYE_OUTER_CORNERS[0]] = (60, 70)
+    points[faces.EYE_OUTER_CORNERS[1]] = (100, 70)
+    points[1] = (80, 90)  # nose tip
+    for upper, lower in faces.INNER_LIP_PAIRS:
+        points[upper] = (80, 110)
+        points[lower] = (80, 110 + 40 * opening)
+    c, s = math.cos(angle), math.sin(angle)
+    centre = points.mean(axis=0)
+    return ((points - centre) @ np.array([[c, -s], [s, c]]).T + centre + shift).astype(np.float32)
+
+
+@pytest.mark.parametrize("true_offset", [4, -6, 0])
+def test_sync_proxy_finds_known_shift(true_offset):
+    n = 100
+    loudness = envelope(n + 40)
+    rms_series = loudness[20 : 20 + n]
+    mouth_series = loudness[20 - true_offset : 20 - true_offset + n]  # mouth[t] = rms[t - offset]
+    offset, conf = sync.proxy_offset(mouth_series, rms_series)
+    assert offset == true_offset
+    assert conf > 0.99
+
+
+def test_sync_score_through_landmarks_and_audio():
+    n, offset = 75, 3
+    loudness = envelope(n + 20)
+    audio_env, mouth_env = loudness[10 : 10 + n], loudness[10 - offset : 10 - offset + n]
+    rng = np.random.default_rng(RNG_SEED)
+    audio = (rng.standard_normal(n * 640) * np.repeat(audio_env, 640) * 0.2).astype(np.float32)
+    clip = ClipData(
+        frames=np.zeros((n, 8, 8, 3), np.uint8),
+        audio=audio,
+        landmarks=[face_landmarks_with_opening(0.3 * m) for m in mouth_env],
+        settings=ScoringSettings(syncnet_weights=None, iqa_metric=None),
+    )
+    result = sync.score(clip)
+    assert result["sync_proxy_offset"] == offset
+    assert result["sync_proxy_conf"] > 0.9
+    assert math.isnan(result["sync_offset"]) and "no --syncnet-weights" in result["notes"]
+
+
+def test_syncnet_loads_weights_from_a_local_file(tmp_path):
+    from syncnet_python import SyncNetModel
+
+    torch.manual_seed(0)
+    weights = tmp_path / "syncnet_v2.model"
+    torch.save(SyncNetModel(num_layers_in_fc_layers=1024).state_dict(), weights)
+    sync.load_syncnet.cache_clear()
+    rng = np.random.default_rng(RNG_SEED)
+    frames = rng.integers(0, 255, (40, 64, 64, 3), dtype=np.uint8)
+    audio = (rng.standard_normal(40 * 640) * 0.1).astype(np.float32)
+    offset, conf, dist = sync.syncnet_scores(frames, audio, weights)
+    assert -15 <= offset <= 15 and float(offset).is_integer()
+    assert conf >= 0 and dist > 0
+
+    broken = tmp_path / "broken.model"
+    broken.write_bytes(b"not a checkpoint")
+    clip = ClipData(frames=frames, audio=audio, settings=ScoringSettings(syncnet_weights=broken, iqa_metric=None))
+    result = sync.score(clip)
+    assert math.isnan(result["sync_dist"]) and "syncnet:" in result["notes"]
+
+
+def test_sharpness_falls_with_blur():
+    rng = np.random.default_rng(RNG_SEED)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    values = [
+        quality.laplacian_sharpness(np.stack([cv2.GaussianBlur(image, (0, 0), s) if s else image] * 3))
+        for s in (0, 0.8, 1.5, 3.0)
+    ]
+    assert values == sorted(values, reverse=True)
+    assert values[0] > 5 * values[-1]
+
+
+def test_iqa_without_cached_weights_is_nan_with_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    quality.pyiqa_weights_problem.cache_clear()
+    frames = np.full((5, 32, 32, 3), 128, np.uint8)
+    result = quality.score(ClipData(frames=frames, audio=np.zeros(3200, np.float32), settings=ScoringSettings()))
+    quality.pyiqa_weights_problem.cache_clear()
+    assert math.isnan(result["iqa"]) and result["iqa_metric"] == "musiq"
+    assert "not in pyiqa cache" in result["notes"] and str(tmp_path) in result["notes"]
+    assert result["sharpness"] == 0.0
+
+
+def test_background_instability_higher_with_flicker_and_noise_separated():
+    rng = np.random.default_rng(RNG_SEED)
+    base = rng.integers(60, 200, (1, 48, 48, 3)).astype(np.float32)
+    masks = [np.pad(np.ones((16, 16), np.float32), 16)] * 20  # the person in the centre
+    steady = np.repeat(base, 20, axis=0).astype(np.uint8)
+    flicker = np.clip(base * rng.uniform(0.8, 1.2, (20, 1, 1, 1)), 0, 255).astype(np.uint8)
+    noisy = np.clip(base + rng.normal(0, 8, (20, 48, 48, 3)), 0, 255).astype(np.uint8)
+    steady_score, flicker_score, noisy_score = (background_change(f, masks) for f in (steady, flicker, noisy))
+    assert steady_score == (0.0, 0.0)
+    assert flicker_score[0] > 0.02
+    assert noisy_score[1] > 3.0 and flicker_score[1] < noisy_score[1]
+
+
+def test_head_motion_higher_with_moving_landmarks():
+    t = np.arange(50)
+    still = [face_landmarks_with_opening(0.2) for _ in t]
+    slow = [face_landmarks_with_opening(0.2, (3 * np.sin(0.2 * i), 0), 0.02 * np.sin(0.1 * i)) for i in t]
+    fast = [face_landmarks_with_opening(0.2, (12 * np.sin(0.2 * i), 0), 0.08 * np.sin(0.1 * i)) for i in t]
+    values = [motion.head_motion(series) for series in (still, slow, fast)]
+    assert values[0] < 1e-6 < values[1] < values[2]
+    assert math.isnan(motion.head_motion([None] * 10))
+
+
+def test_tiers_a_is_subset_of_b_and_first_reason_recorded():
+    loose_strict = tiers.Thresholds(
+        strict=tiers.TierChecks(min_face_frac=0.5),  # looser than lenient: A must still pass lenient
+        lenient=tiers.TierChecks(min_face_frac=0.9),
+    )
+    good = {
+        "face_multi_frac": 0.0, "face_frac": 1.0, "face_size": 0.6, "sync_proxy_offset": 0.0,
+        "sync_proxy_conf": 0.9, "motion_mouth": 0.02, "motion_head": 0.03, "sharpness": 300.0,
+        "bg_instability": 0.001, "bg_noise": 0.0, "sync_offset": math.nan, "iqa": math.nan,
+    }  # fmt: skip
+    assert tiers.assign_tier(good, tiers.Thresholds()) == ("A", "")
+    assert tiers.assign_tier({**good, "face_frac": 0.7}, loose_strict) == ("reject", "face_frac 0.7 < 0.9")
+    both_bad = {**good, "face_frac": 0.1, "sharpness": 1.0}
+    tier, reason = tiers.assign_tier(both_bad, tiers.Thresholds())
+    assert tier == "reject" and reason.startswith("face_frac")
+    tier, reason = tiers.assign_tier({**good, "sync_proxy_offset": -3.0}, tiers.Thresholds())
+    assert (tier, reason) == ("B", "|sync_proxy_offset| 3 > 1")
+    assert tiers.assign_tier({**good, "face_frac": math.nan}, tiers.Thresholds())[1] == "face_frac unavailable"
+    rng = np.random.default_rng(RNG_SEED)
+    for _ in range(200):  # random scores: every A clip passes every lenient check
+        scores = {k: (v if math.isnan(v) else v * rng.uniform(0.3, 3.0)) for k, v in good.items()}
+        if tiers.assign_tier(scores, loose_strict)[0] == "A":
+            assert tiers.first_failure(scores, loose_strict.lenient) is None
+
+
+def test_thresholds_files(tmp_path):
+    yaml_file = tmp_path / "t.yaml"
+    yaml_file.write_text("strict:\n  min_face_frac: 0.99\nlenient:\n  max_motion_head: null\n")
+    loaded = tiers.load_thresholds(yaml_file)
+    assert loaded.strict.min_face_frac == 0.99 and loaded.lenient.max_motion_head is None
+    assert loaded.lenient.min_face_frac == tiers.TierChecks().min_face_frac
+    toml_file = tmp_path / "t.toml"
+    toml_file.write_text("[lenient]\nmin_sharpness = 5\n")
+    assert tiers.load_thresholds(toml_file).lenient.min_sharpness == 5.0
+    written = tmp_path / "out.yaml"
+    tiers.write_thresholds(loaded, written)
+    assert tiers.load_thresholds(written) == loaded
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strict:\n  min_face_fraction: 0.9\n")
+    with pytest.raises(UsageError, match="unknown threshold 'min_face_fraction'"):
+        tiers.load_thresholds(bad)
+    bad.write_text("medium:\n  min_face_frac: 0.9\n")
+    with pytest.raises(UsageError, match="medium"):
+        tiers.load_thresholds(bad)
+
+
+def test_face_counts_ignore_weak_small_second_detections():
+    from filters import face
+
+    main = faces.FaceBox(10, 10, 60, 60, 0.9)
+    weak = faces.FaceBox(70, 70, 90, 90, 0.55)  # a face-like pattern on clothes
+    person = faces.FaceBox(70, 10, 115, 55, 0.85)  # a second person
+    detections = [[main], [main, weak], [main, person], []]
+    clip = ClipData(
+        frames=np.zeros((4, 100, 100, 3), np.uint8), audio=np.zeros(2560, np.float32), detections=detections
+    )
+    result = face.score(clip)
+    assert result == {"face_frac": 0.5, "face_multi_frac": 0.25, "face_size": 0.5}
