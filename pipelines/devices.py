@@ -29,7 +29,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("mps")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto.")
+            raise DeviceError(
+                f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto."
+            )
         index = 0 if name == "cuda" else _parse_index(name)
         if index >= torch.cuda.device_count():
             raise DeviceError(
