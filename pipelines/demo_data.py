@@ -10,9 +10,14 @@ face mesh is run ONCE per identity to place a jaw-drop warp. Each clip then:
    by the clip's offset (SyncNet's sign: positive = video lags audio, the mouth moves AFTER the
    sound);
 3. renders each frame at twice the output size: jaw-drop warp scaled by the opening, dark mouth
-   interior, smooth head motion (rotation, translation, scale) scaled by ``motion_level``, the
-   person composited over a textured background whose brightness and colour flicker per frame
-   by ``bg_flicker``; then area-downsamples, blurs (``blur_sigma``) and adds noise (``noise_std``).
+   interior, smooth head motion (rotation, translation, scale) whose RMS is ``motion_level`` times
+   a fixed amplitude, the person composited over a textured background whose brightness and
+   colour flicker per frame by ``bg_flicker``; then area-downsamples, blurs (``blur_sigma``) and
+   adds noise (``noise_std``).
+
+Every clip has its own camera softness: clean and non-blur clips draw ``blur_sigma`` in
+`CLEAN_BLUR` (imperceptible to mild, still clean), blur-defect clips draw it from
+``DEFECT_RANGES["blur_sigma"]``, so sharpness can be ranked against the truth without ties.
 
 Defects and tiers come from one rule, `tier_of`: a clean clip is tier A, a clip whose defects all
 stay under `SEVERE` is tier B, any severe defect makes it `reject`.
@@ -72,10 +77,11 @@ class DemoDataConfig:
 # Thresholds of a severe defect (any one makes the clip `reject`); below them a defect is mild (tier B).
 SEVERE = {"offset_frames": 5, "motion_level": 2.0, "blur_sigma": 2.5, "noise_std": 12.0, "bg_flicker": 0.5}
 CLEAN_MOTION = (0.3, 0.6)  # motion_level range of clean clips: natural small head motion
+CLEAN_BLUR = (0.0, 0.7)  # blur_sigma range (output pixels) of clips without a blur defect: camera softness
 DEFECT_RANGES = {  # (mild range, severe range) per defect; offsets get a random sign
     "offset_frames": ((1, 5), (6, MAX_OFFSET)),
     "motion_level": ((0.9, 1.8), (2.2, 3.0)),
-    "blur_sigma": ((0.8, 2.0), (2.8, 4.0)),
+    "blur_sigma": ((1.0, 2.0), (2.8, 4.0)),
     "noise_std": ((3.0, 9.0), (14.0, 24.0)),
     "bg_flicker": ((0.15, 0.4), (0.6, 1.0)),
 }
@@ -338,7 +344,7 @@ def plan_clips(config: DemoDataConfig) -> list[dict]:
             "identity": IDENTITIES[i % config.identities].name,
             "offset_frames": 0,
             "motion_level": round(float(rng.uniform(*CLEAN_MOTION)), 3),
-            "blur_sigma": 0.0,
+            "blur_sigma": round(float(rng.uniform(*CLEAN_BLUR)), 3),
             "noise_std": 0.0,
             "bg_flicker": 0.0,
             "clean": i in clean_at,
@@ -369,14 +375,20 @@ def plan_clips(config: DemoDataConfig) -> list[dict]:
 MOUTH_COLOUR = np.array([70, 22, 28], np.float32)  # RGB of the open mouth's interior
 
 
+# RMS head motion per unit motion_level: degrees, x and y shift (fraction of the frame), log scale.
+HEAD_MOTION_RMS = (1.1, 0.008, 0.0053, 0.0066)
+
+
 def _smooth_wave(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A smooth random signal in about [-1, 1]: three sinusoids of 0.15-1.0 Hz."""
+    """A smooth random signal with zero mean and unit RMS over its ``n`` frames: three sinusoids
+    of 0.15-1.0 Hz mixed at random, then normalised, so its size does not depend on the draw."""
     t = np.arange(n) / VIDEO_FPS
     wave = sum(
         rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * rng.uniform(0.15, 1.0) * t + rng.uniform(0, 2 * np.pi))
         for _ in range(3)
     )
-    return wave / 2.0
+    wave = wave - wave.mean()
+    return wave / max(float(np.sqrt((wave**2).mean())), 1e-9)
 
 
 def _render_frame(identity: Identity, opening: float, motion: np.ndarray, bg_gain: np.ndarray) -> np.ndarray:
@@ -411,15 +423,8 @@ def render_clip(config: DemoDataConfig, index: int, truth: dict) -> tuple[np.nda
     curve = mouth_curve(padded)
     opening = curve[MAX_OFFSET + np.arange(n) - truth["offset_frames"]]  # video lags audio by the offset
     level = truth["motion_level"]
-    motion = np.stack(
-        [
-            level * 2.5 * _smooth_wave(rng, n),
-            level * 0.018 * _smooth_wave(rng, n),
-            level * 0.012 * _smooth_wave(rng, n),
-            level * 0.015 * _smooth_wave(rng, n),
-        ],
-        axis=1,
-    )  # (T, 4): degrees, x and y shift (fraction of the frame), log scale
+    motion = np.stack([level * rms * _smooth_wave(rng, n) for rms in HEAD_MOTION_RMS], axis=1)
+    # (T, 4): degrees, x and y shift (fraction of the frame), log scale; RMS = level * HEAD_MOTION_RMS
     flicker = truth["bg_flicker"] * rng.uniform(-1, 1, (n, 4)) * np.array([0.35, 18, 18, 18], np.float32)
     flicker[:, 0] += 1  # (T, 4): background gain, then RGB shift
     frames = np.empty((n, config.size, config.size, 3), np.uint8)

@@ -63,11 +63,48 @@ def test_default_plan_mixes_clean_mild_and_severe_clips():
     for name in ("motion_level", "blur_sigma", "noise_std", "bg_flicker"):
         assert (truth.loc[~truth["clean"], name] > truth.loc[truth["clean"], name].max()).any(), name
     clean = truth[truth["clean"]]
-    assert (clean[["offset_frames", "blur_sigma", "noise_std", "bg_flicker"]] == 0).all().all()
+    assert (clean[["offset_frames", "noise_std", "bg_flicker"]] == 0).all().all()
+
+
+def test_every_clip_has_its_own_camera_softness_and_blur_defects_stand_apart():
+    truth = pd.DataFrame(plan_clips(DemoDataConfig()))
+    assert truth["blur_sigma"].nunique() == len(truth)  # no ties: sharpness can be ranked against it
+    low, high = demo_data.CLEAN_BLUR
+    blurred = truth["blur_sigma"] > high  # blur defects (main or second); everything else is camera softness
+    assert ((truth["blur_sigma"] >= low) & (truth["blur_sigma"] <= high) | blurred).all()
+    assert truth.loc[truth["clean"], "blur_sigma"].between(low, high).all()
+    assert truth.loc[truth["clean"], "blur_sigma"].std() > 0.1
+    mild_low = demo_data.DEFECT_RANGES["blur_sigma"][0][0]
+    assert blurred.sum() >= 3 and (truth.loc[blurred, "blur_sigma"] >= mild_low).all()
+    assert not truth.loc[blurred, "clean"].any()
+
+
+def test_head_motion_rms_follows_motion_level_exactly():
+    rng = np.random.default_rng(0)
+    for n in (25, 75, 250):
+        waves = [demo_data._smooth_wave(rng, n) for _ in range(20)]
+        np.testing.assert_allclose([w.mean() for w in waves], 0, atol=1e-9)
+        np.testing.assert_allclose([np.sqrt((w**2).mean()) for w in waves], 1, rtol=1e-9)
+        # Smooth (at most 1 Hz): unit-RMS white noise would step ~1.1 per frame, a 1 Hz sinusoid 0.36.
+        assert max(np.abs(np.diff(w)).mean() for w in waves) < 0.4
+        assert max(np.abs(np.diff(w)).max() for w in waves) < 1.2
+    # Two clips that differ only in motion_level: the rendered head moves in proportion to it.
+    config = DemoDataConfig(clips=1, identities=1, size=96, seconds=2.0, seed=4)
+    truth = plan_clips(config)[0]
+    spread = {}
+    for level in (1.0, 3.0):
+        frames, _ = render_clip(config, 0, {**truth, "motion_level": level})
+        centres = []
+        for frame in frames[::5]:
+            points = faces.face_landmarks(frame)
+            assert points is not None
+            centres.append(points.mean(axis=0))
+        spread[level] = float(np.sqrt(((np.array(centres) - np.mean(centres, axis=0)) ** 2).sum(axis=1).mean()))
+    assert 2.4 < spread[3.0] / spread[1.0] < 3.6, spread
 
 
 def test_tier_rule():
-    base = {"offset_frames": 0, "motion_level": 0.4, "blur_sigma": 0.0, "noise_std": 0.0, "bg_flicker": 0.0}
+    base = {"offset_frames": 0, "motion_level": 0.4, "blur_sigma": 0.6, "noise_std": 0.0, "bg_flicker": 0.0}
     assert tier_of({**base, "clean": True}) == ("A", "")
     assert tier_of({**base, "offset_frames": -3, "clean": False}) == ("B", "")
     tier, reason = tier_of({**base, "offset_frames": -7, "clean": False})
