@@ -2,14 +2,119 @@
 
 from __future__ import annotations
 
-from pipelines.errors import NotImplementedYetError
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fada_cli.options import DeviceOption, JsonOption, QuietOption
+from pipelines.errors import UsageError
+
+Opt = typer.Option
 
 
-def command() -> None:
+def command(
+    manifest: Annotated[
+        Path, Opt("--manifest", help="Clip manifest (Parquet) from `fada curate` or `fada demo-data`.")
+    ],
+    out: Annotated[Path, Opt("--out", "-o", help="Checkpoint folder to write (also holds train_log.csv and tb/).")],
+    tier: Annotated[str | None, Opt("--tier", help="Manifest tier(s) to train on, comma-separated [A].")] = None,
+    preset: Annotated[
+        str | None, Opt("--preset", help="Model preset: tiny, demo or sd15 (a new run defaults to demo).")
+    ] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps in total [1000].")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Clips per process per micro-batch [4].")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate [1e-4].")] = None,
+    frames: Annotated[int | None, Opt("--frames", help="F, frames per training clip [the preset's].")] = None,
+    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per optimiser step [1].")] = None,
+    ema: Annotated[float | None, Opt("--ema", help="EMA decay of the weights, 0 = off [0].")] = None,
+    checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="Save every N steps [500].")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the checkpoint in --out exactly.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing checkpoint in --out.")] = False,
+    pretrained_sd: Annotated[
+        Path | None, Opt("--pretrained-sd", help="Initialise both UNets (and VAE) from a diffusers SD1.5 folder.")
+    ] = None,
+    audio_encoder: Annotated[
+        str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder [mel].")
+    ] = None,
+    device: DeviceOption = "auto",
+    dtype: Annotated[
+        str | None, Opt("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 [fp32].")
+    ] = None,
+    seed: Annotated[int | None, Opt("--seed", help="Random seed; the same seed gives the same run [0].")] = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """Train the dual-UNet teacher (ε-prediction, multi-CFG) on tier-A clips.
+
+    Writes a checkpoint folder every --checkpoint-every steps and at the end, with the loss curve in
+    OUT/train_log.csv and TensorBoard events in OUT/tb/. Bracketed defaults apply to a new run; with
+    --resume, options left out keep the checkpoint's values (only --steps and --checkpoint-every may
+    change). Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m fada_cli.main train-teacher ...`.
 
     Example:
 
-        fada train-teacher --manifest curated/manifest.parquet --tier A --preset demo --out runs/teacher
+        fada train-teacher --manifest demo/manifest.parquet --tier A --preset demo --out runs/teacher --steps 2000
     """
-    raise NotImplementedYetError("`fada train-teacher` is not implemented yet in this release; see CHANGELOG.md for what is.")
+    from pipelines.audio import with_audio_encoder
+    from pipelines.checkpoint import load_checkpoint_info
+    from pipelines.devices import resolve_device, resolve_dtype
+    from pipelines.model_config import ModelConfig, get_preset
+    from pipelines.train_teacher import MIXED_PRECISION, STAGE, TrainConfig, train_teacher
+
+    # 1. the starting configs: a preset for a new run, the checkpoint's on --resume
+    torch_device = resolve_device(device)
+    if resume:
+        info = load_checkpoint_info(out, expect_stage=STAGE)
+        model_config = ModelConfig.from_dict(info.config["model"])
+        train_config = TrainConfig.from_dict(info.config["train"])
+        if preset is not None and preset != model_config.preset:
+            raise UsageError(f"--preset {preset} differs from the checkpoint's {model_config.preset!r}; drop --preset.")
+    else:
+        model_config, train_config = get_preset(preset or "demo"), TrainConfig()
+
+    # 2. options given on the command line override them
+    if frames is not None:
+        model_config = dataclasses.replace(model_config, frames_per_clip=frames)
+    if audio_encoder is not None:
+        name, path = ("mel", None) if audio_encoder == "mel" else ("wav2vec2", audio_encoder)
+        model_config = with_audio_encoder(model_config, name, path)
+    given = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "grad_accum": grad_accum,
+        "ema": ema,
+        "checkpoint_every": checkpoint_every,
+        "seed": seed,
+        "tiers": None if tier is None else tuple(t.strip() for t in tier.split(",") if t.strip()),
+    }
+    if dtype is not None:
+        given["mixed_precision"] = MIXED_PRECISION[resolve_dtype(dtype, torch_device)]
+    train_config = dataclasses.replace(train_config, **{k: v for k, v in given.items() if v is not None})
+
+    # 3. train
+    result = train_teacher(
+        manifest, out, model_config, train_config, torch_device, resume, overwrite, pretrained_sd, quiet
+    )
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "steps": result.steps,
+        "steps_this_run": result.steps_this_run,
+        "final_loss": result.final_loss,
+        "seconds": round(result.seconds, 3),
+        "steps_per_s": round(result.steps_per_s, 4),
+        "processes": result.processes,
+        "train_log": str(Path(result.checkpoint) / "train_log.csv"),
+    }
+    if not result.is_main_process:
+        return
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"teacher checkpoint {summary['checkpoint']}: step {result.steps}, final loss {result.final_loss:.5f}, "
+            f"{result.steps_this_run} steps in {result.seconds:.1f} s ({result.steps_per_s:.2f} steps/s)"
+        )
