@@ -1,9 +1,18 @@
 """Lip sync: SyncNet (LSE-D / LSE-C / offset) when weights are given, and a weight-free proxy.
 
-Proxy: the mouth opening (inner-lip gap / eye distance, from the shared face-mesh landmarks)
-against the audio RMS in one window per video frame (640 samples at 16 kHz and 25 fps), the best
-Pearson r over lags −15..15 frames. The sign follows SyncNet: a positive offset means the video
-lags the audio (the mouth moves ``offset`` frames after the sound).
+Proxy: a per-frame mouth signal against the audio RMS in one window per video frame (640 samples
+at 16 kHz and 25 fps), the best Pearson r over lags −15..15 frames. The sign follows SyncNet: a
+positive offset means the video lags the audio (the mouth moves ``offset`` frames after the sound).
+Two mouth signals are tried and the one with the higher best-lag r is reported:
+
+- the mouth opening (inner-lip gap / eye distance) from the shared face-mesh landmarks: exact on
+  sharp video, but on blurred video the mesh regresses to a mean shape and the gap stops
+  following speech;
+- the mouth darkness, read from pixels as SyncNet does: 1 − (mean grey of a Gaussian window on the
+  mouth) / (mean grey of a 2.5× wider window around it), the window centred on the temporally
+  smoothed lip landmarks and sized by the clip's median eye distance. An open mouth shows its
+  dark interior; a Gaussian blur of the frame only widens the window a little (a local mean
+  survives blur), and the ratio cancels overall lighting changes.
 
 SyncNet (Chung & Zisserman, "Out of time", ACCV 2016) through the `syncnet_python` package's
 model, evaluated as its `SyncNetInstance.evaluate` does: 5-frame 224×224 face windows against
@@ -17,6 +26,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from filters.base import NAN, ClipData, interpolated_series
 from pipelines import faces
@@ -25,6 +35,10 @@ NAME = "sync"
 COLUMNS = ("sync_offset", "sync_conf", "sync_dist", "sync_proxy_offset", "sync_proxy_conf")
 MAX_LAG = 15  # frames searched either side, as SyncNet's vshift
 MIN_OVERLAP = 25  # fewest overlapping frames for a correlation at one lag
+LIP_POINTS = (*(i for pair in faces.INNER_LIP_PAIRS for i in pair), *faces.MOUTH_CORNERS)  # mouth box centre
+MOUTH_SIGMA = (0.25, 0.18)  # (x, y) Gaussian sigma of the mouth window, in eye distances
+SURROUND_SCALE = 2.5  # the surround window's sigma / the mouth window's sigma
+CENTRE_SMOOTH_FRAMES = 1.5  # Gaussian sigma (frames) on the mouth centre track (landmark jitter)
 
 
 def audio_rms_per_frame(audio: np.ndarray, n_frames: int, sr: int, fps: float) -> np.ndarray:
@@ -51,16 +65,59 @@ def proxy_offset(mouth: np.ndarray, rms: np.ndarray, max_lag: int = MAX_LAG) -> 
     return (best_lag, best_r) if np.isfinite(best_r) else (NAN, NAN)
 
 
+def mouth_track(landmarks: list[np.ndarray | None]) -> tuple[np.ndarray, float] | None:
+    """Smoothed mouth centres ``(T, 2)`` in pixels and the median eye distance; None if under half is known."""
+    centres = [None if p is None else p[list(LIP_POINTS)].mean(axis=0) for p in landmarks]
+    cx = interpolated_series([None if c is None else float(c[0]) for c in centres])
+    cy = interpolated_series([None if c is None else float(c[1]) for c in centres])
+    if cx is None or cy is None:
+        return None
+    eye = float(np.median([faces.eye_distance(p) for p in landmarks if p is not None]))
+    track = np.stack([cx, cy], axis=1)  # (T, 2)
+    return gaussian_filter1d(track, CENTRE_SMOOTH_FRAMES, axis=0, mode="nearest"), eye
+
+
+def mouth_darkness(frames: np.ndarray, centres: np.ndarray, eye_distance: float) -> np.ndarray:
+    """Per-frame darkness of the mouth against its surround, ``(T,)``: 1 − mean(mouth) / mean(surround).
+
+    Means are Gaussian-weighted grey levels; the mouth window has sigmas ``MOUTH_SIGMA`` × eye
+    distance around ``centres[t]``, the surround window ``SURROUND_SCALE`` times wider.
+    """
+    height, width = frames.shape[1:3]
+    sx, sy = (max(s * eye_distance, 0.5) for s in MOUTH_SIGMA)
+    reach = 3 * SURROUND_SCALE * max(sx, sy)  # half-side of the pixel box the windows need
+    darkness = np.empty(len(frames))
+    for t, (frame, (x, y)) in enumerate(zip(frames, centres, strict=True)):
+        x0, x1 = int(max(0, np.floor(x - reach))), int(min(width, np.ceil(x + reach) + 1))
+        y0, y1 = int(max(0, np.floor(y - reach))), int(min(height, np.ceil(y + reach) + 1))
+        if x1 <= x0 or y1 <= y0:  # mouth centre off the frame
+            darkness[t] = NAN
+            continue
+        grey = frame[y0:y1, x0:x1].astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (h, w)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        d2 = ((xx - x) / sx) ** 2 + ((yy - y) / sy) ** 2
+        mouth, surround = np.exp(-0.5 * d2), np.exp(-0.5 * d2 / SURROUND_SCALE**2)
+        mean_mouth, mean_surround = (mouth * grey).sum() / mouth.sum(), (surround * grey).sum() / surround.sum()
+        darkness[t] = 1.0 - mean_mouth / max(mean_surround, 1.0)
+    known = np.isfinite(darkness)
+    if not known.any():
+        return darkness
+    return np.interp(np.arange(len(darkness)), np.flatnonzero(known), darkness[known])
+
+
 def _proxy(clip: ClipData) -> dict[str, float | str]:
-    mouth = interpolated_series([None if p is None else faces.mouth_opening(p) for p in clip.landmarks])
-    if mouth is None:
+    opening = interpolated_series([None if p is None else faces.mouth_opening(p) for p in clip.landmarks])
+    track = mouth_track(clip.landmarks)
+    if opening is None or track is None:
         return {
             "sync_proxy_offset": NAN,
             "sync_proxy_conf": NAN,
             "notes": "sync proxy: face mesh found in < half of the frames",
         }
     rms = audio_rms_per_frame(clip.audio, clip.n_frames, clip.audio_sr, clip.fps)
-    offset, conf = proxy_offset(mouth, rms)
+    darkness = mouth_darkness(clip.frames, *track)
+    candidates = [proxy_offset(signal, rms) for signal in (opening, darkness) if np.isfinite(signal).all()]
+    offset, conf = max(candidates, key=lambda c: c[1] if np.isfinite(c[1]) else -np.inf, default=(NAN, NAN))
     result: dict[str, float | str] = {"sync_proxy_offset": offset, "sync_proxy_conf": conf}
     if not np.isfinite(conf):
         result["notes"] = "sync proxy: silent audio or still mouth, no correlation"
@@ -121,7 +178,7 @@ def _syncnet(clip: ClipData) -> dict[str, float | str]:
 
 
 def score(clip: ClipData) -> dict[str, float | str]:
-    """SyncNet columns (NaN without weights) and the landmark proxy columns."""
+    """SyncNet columns (NaN without weights) and the weight-free proxy columns."""
     results = [_syncnet(clip), _proxy(clip)]
     notes = "; ".join(str(r.pop("notes")) for r in results if "notes" in r)
     merged: dict[str, float | str] = {k: v for r in results for k, v in r.items()}

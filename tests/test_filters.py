@@ -124,14 +124,101 @@ def test_background_instability_higher_with_flicker_and_noise_separated():
     assert noisy_score[1] > 3.0 and flicker_score[1] < noisy_score[1]
 
 
-def test_head_motion_higher_with_moving_landmarks():
-    t = np.arange(50)
-    still = [face_landmarks_with_opening(0.2) for _ in t]
-    slow = [face_landmarks_with_opening(0.2, (3 * np.sin(0.2 * i), 0), 0.02 * np.sin(0.1 * i)) for i in t]
-    fast = [face_landmarks_with_opening(0.2, (12 * np.sin(0.2 * i), 0), 0.08 * np.sin(0.1 * i)) for i in t]
-    values = [motion.head_motion(series) for series in (still, slow, fast)]
-    assert values[0] < 1e-6 < values[1] < values[2]
-    assert math.isnan(motion.head_motion([None] * 10))
+def textured_face(side: int = 160, seed: int = RNG_SEED) -> np.ndarray:
+    """An RGB uint8 (side, side, 3) image of smooth random texture: something ECC can lock onto."""
+    rng = np.random.default_rng(seed)
+    grey = cv2.GaussianBlur(rng.uniform(0, 255, (side, side)).astype(np.float32), (0, 0), 3.0)
+    grey = cv2.normalize(grey, None, 30, 225, cv2.NORM_MINMAX)
+    return np.repeat(grey[:, :, None], 3, axis=2).astype(np.uint8)
+
+
+def moved(image: np.ndarray, shift: tuple[float, float], angle_deg: float = 0.0) -> np.ndarray:
+    side = image.shape[0]
+    matrix = cv2.getRotationMatrix2D((side / 2, side / 2), angle_deg, 1.0)
+    matrix[:, 2] += shift
+    return cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def jittered_landmarks(n: int, pixels: float) -> list[np.ndarray]:
+    """The test face's landmarks (eyes 40 px apart) with independent per-frame noise, as on a blurred face."""
+    rng = np.random.default_rng(RNG_SEED)
+    return [face_landmarks_with_opening(0.2) + rng.normal(0, pixels, (468, 2)).astype(np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize("blur", [0.0, 3.0])
+def test_head_motion_of_a_still_image_is_zero_whatever_the_landmark_jitter(blur):
+    image = textured_face()
+    if blur:
+        image = cv2.GaussianBlur(image, (0, 0), blur)
+    frames = np.stack([image] * 40)
+    assert motion.head_motion(frames, jittered_landmarks(40, 3.0)) < 1e-3
+    assert math.isnan(motion.head_motion(frames, [None] * 40))
+
+
+@pytest.mark.parametrize("blur", [0.0, 3.0])
+def test_head_motion_measures_a_known_translation_and_rotation(blur):
+    image, t = textured_face(), np.arange(50)
+    shift_x = 4.0 * np.sin(0.2 * t)  # pixels; eye distance is 40 px
+    translated = np.stack([moved(image, (x, 0.0)) for x in shift_x])
+    turned = np.stack([moved(image, (x, 0.0), 3.0 * np.sin(0.15 * i)) for i, x in enumerate(shift_x)])
+    if blur:
+        translated = np.stack([cv2.GaussianBlur(f, (0, 0), blur) for f in translated])
+        turned = np.stack([cv2.GaussianBlur(f, (0, 0), blur) for f in turned])
+    landmarks = jittered_landmarks(50, 1.0)
+    expected = np.abs(shift_x - shift_x.mean()).mean() / 40.0  # mean |tx - mean| in eye distances, ≈ 0.063
+    assert motion.head_motion(translated, landmarks) == pytest.approx(expected, rel=0.2)
+    assert motion.head_motion(turned, landmarks) > motion.head_motion(translated, landmarks) + 0.02
+
+
+def mouth_clip(n: int, opening: np.ndarray, audio_env: np.ndarray, blur: float) -> ClipData:
+    """A 96 px grey face with a dark elliptic mouth opening by ``opening[t]`` (0..1) and noisy audio.
+
+    The landmarks sit on the mouth with 2 px jitter, and their inner-lip gap is random, as a face
+    mesh on a blurred face: only the pixels carry the speech.
+    """
+    rng = np.random.default_rng(RNG_SEED)
+    frames = np.full((n, 96, 96, 3), 180, np.uint8)
+    for frame, o in zip(frames, opening, strict=True):
+        cv2.ellipse(frame, (48, 64), (12, max(1, int(round(1 + 9 * o)))), 0, 0, 360, (40, 25, 30), -1)
+    if blur:
+        frames = np.stack([cv2.GaussianBlur(f, (0, 0), blur) for f in frames])
+    landmarks = []
+    for _ in range(n):
+        points = np.zeros((468, 2), np.float32)
+        points[faces.EYE_OUTER_CORNERS[0]], points[faces.EYE_OUTER_CORNERS[1]] = (28, 36), (68, 36)
+        points[list(sync.LIP_POINTS)] = (48, 64) + rng.normal(0, 2.0, (len(sync.LIP_POINTS), 2))
+        landmarks.append(points)
+    audio = (rng.standard_normal(n * 640) * np.repeat(audio_env, 640) * 0.2).astype(np.float32)
+    return ClipData(frames=frames, audio=audio, landmarks=landmarks, settings=ScoringSettings(iqa_metric=None))
+
+
+@pytest.mark.parametrize(("true_offset", "blur"), [(3, 0.0), (3, 3.0), (-5, 3.0), (0, 4.0)])
+def test_sync_proxy_finds_known_lag_from_mouth_darkness_also_after_blur(true_offset, blur):
+    n = 100
+    loudness = envelope(n + 40)
+    audio_env = loudness[20 : 20 + n]
+    opening = loudness[20 - true_offset : 20 - true_offset + n]  # mouth[t] = audio[t - offset]
+    opening = (opening - opening.min()) / np.ptp(opening)
+    clip = mouth_clip(n, opening, audio_env, blur)
+    track = sync.mouth_track(clip.landmarks)
+    darkness = sync.mouth_darkness(clip.frames, *track)
+    assert np.corrcoef(darkness, opening)[0, 1] > 0.95
+    result = sync.score(clip)
+    assert result["sync_proxy_offset"] == true_offset
+    assert result["sync_proxy_conf"] > 0.85
+
+
+def test_mouth_darkness_ignores_overall_brightness():
+    n = 30
+    opening = np.linspace(0, 1, n)
+    clip = mouth_clip(n, opening, np.ones(n), 0.0)
+    track = sync.mouth_track(clip.landmarks)
+    gain = np.where(np.arange(n) % 2, 0.6, 1.0)[:, None, None, None]  # flicker of the whole frame
+    flickering = (clip.frames * gain).astype(np.uint8)
+    steady, flicker = sync.mouth_darkness(clip.frames, *track), sync.mouth_darkness(flickering, *track)
+    assert np.abs(flicker - steady).max() < 0.02
+    assert steady[-1] > steady[0] + 0.2
+    assert sync.mouth_track([None] * n) is None
 
 
 def test_tiers_a_is_subset_of_b_and_first_reason_recorded():
