@@ -4,7 +4,8 @@
   already in pyiqa's cache (``$TORCH_HOME/hub/pyiqa``); otherwise NaN and the reason — nothing is
   ever downloaded.
 - ``sharpness``: always; the median over frames of the variance of the Laplacian of the grey
-  image (Pech-Pacheco et al., ICPR 2000), on a 0–255 scale.
+  image (Pech-Pacheco et al., ICPR 2000), on a 0–255 scale, measured after a 3×3 median filter so
+  that pixel noise is not read as detail.
 - ``brisque``: OpenCV's `cv2.quality.QualityBRISQUE` where the contrib module and its model files
   (`brisque_model_live.yml`, `brisque_range_live.yml`, folder in ``$FADA_BRISQUE_DIR``) exist.
 """
@@ -28,9 +29,13 @@ BRISQUE_FILES = ("brisque_model_live.yml", "brisque_range_live.yml")
 
 
 def laplacian_sharpness(frames: np.ndarray) -> float:
-    """Median variance of the Laplacian of the grey frames (higher = sharper)."""
-    values = [cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in frames]
-    return float(np.median(values))
+    """Median variance of the Laplacian of the grey frames (higher = sharper).
+
+    A 3×3 median filter runs first: it keeps edges but removes pixel noise, which the Laplacian
+    would otherwise count as fine detail (a noisy soft clip would outscore a clean sharp one).
+    """
+    grey = (cv2.medianBlur(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), 3) for f in frames)
+    return float(np.median([cv2.Laplacian(g, cv2.CV_64F).var() for g in grey]))
 
 
 def pyiqa_cache_dir() -> Path:
