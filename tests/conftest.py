@@ -8,7 +8,9 @@ import pytest
 import torch
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tests run tiny models: one intra-op thread avoids OpenMP oversubscription, which made them ~25x
+# slower on a busy 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,342 @@
+"""Portrait + speech → talking-portrait mp4 (with the speech muxed) + a stats JSON beside it.
+
+`generate` reads as the numbered steps of SPEC §3–4: the reference net runs once per clip of
+F frames (on the reference image and the last M generated frames), the denoising net runs
+``steps × branches`` times per clip. How a checkpoint is sampled is a `SamplingStrategy`
+picked from its stage and mode (`strategy_for`): the teacher is DDIM with the three multi-CFG
+branches (ε_a, ε_r, ε_b) batched in one forward per step (Eq. 9), NFE-D 25 × 3 = 75. Student
+strategies (PeRFlow, SPEC §4 Inference) plug in here when distillation lands.
+
+Silent (all-zero) speech is allowed — it is the control condition of the mouth/audio check —
+and only logs a warning; speech shorter than one video frame (40 ms) is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipelines import fada_math, media
+from pipelines.audio import frame_audio_features
+from pipelines.checkpoint import load_checkpoint_info
+from pipelines.devices import resolve_device, resolve_dtype
+from pipelines.errors import CheckpointError, InputFileError, MediaError, UsageError
+from pipelines.faces import detect_faces, square_crop_box
+from pipelines.model import FadaModel
+from pipelines.progress import log, make_progress
+from pipelines.schedulers import DDIMSampler
+
+MIN_AUDIO_S = 1 / media.VIDEO_FPS  # shortest speech that makes one video frame (40 ms)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """What to generate and how; None fields take the checkpoint's or the strategy's value."""
+
+    steps: int | None = None  # sampler steps; None = the strategy's default (25 DDIM steps for a teacher)
+    cfg_audio: float = 6.5  # multi-CFG audio scale cfg_a (Eq. 9)
+    cfg_ref: float = 2.5  # multi-CFG reference scale cfg_r (Eq. 9); 2.0 for a CFG-distilled student
+    seed: int = 0  # seeds the initial noise of every clip (drawn on CPU, so devices agree)
+    frames_per_clip: int | None = None  # F; None = the model config's frames_per_clip
+    motion_frames: int | None = None  # M; None = the model config's motion_frames
+    crop: bool = True  # detect the face and crop a square around it; False = centre square crop
+    crop_scale: float = 1.6  # crop side = crop_scale × detected face size
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """The numbers written to ``OUT.json`` (and printed by the CLI)."""
+
+    video: str  # the mp4 written
+    checkpoint: str  # the checkpoint folder used
+    stage: str  # checkpoint stage: teacher | student
+    mode: str  # checkpoint mode (as recorded in fada_checkpoint.json)
+    sampler: str  # sampling strategy name
+    nfe: int  # denoising-net evaluations per clip, each CFG branch counted (NFE-D), from model.nfe_counter
+    nfe_total: int  # the same over all clips
+    steps: int  # sampler steps per clip
+    cfg_audio: float  # audio guidance scale used
+    cfg_ref: float  # reference guidance scale used
+    seed: int  # noise seed
+    frames: int  # video frames written = round(audio seconds × fps)
+    fps: int  # video frame rate
+    audio_seconds: float  # speech duration
+    clips: int  # clips of frames_per_clip generated
+    frames_per_clip: int  # F
+    motion_frames: int  # M
+    seconds: float  # wall-clock seconds of the whole call (load, generate, write)
+    seconds_per_video_second: float  # seconds / audio_seconds
+    peak_memory_mb: float  # see peak_memory_source
+    peak_memory_source: str  # cuda_max_allocated (GPU) or process_peak_rss (CPU, whole process)
+    device: str  # torch device used
+    dtype: str  # model dtype
+
+
+# --- sampling strategies ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingStrategy:
+    """How a checkpoint is sampled: a scheduler and how each step's ε is guided."""
+
+    name: str  # shown in the stats
+    default_steps: int  # steps when GenerateConfig.steps is None
+    make_scheduler: Callable[[int], DDIMSampler]  # steps -> object with .timesteps and .step(eps, z, i)
+    guided_eps: Callable[..., torch.Tensor]  # (model, z, timestep, audio_tokens, reference, config) -> ε
+
+
+def multi_cfg_eps(model: FadaModel, z, timestep: float, audio_tokens, reference, config: GenerateConfig):
+    """ε_cfg of Eq. 9 from ONE denoising-net forward of batch 3 (ε_a, ε_r, ε_b; SPEC §3 states).
+
+    ``z``: (1, F, C, h, w) float32; ``audio_tokens``: (1, F, N, D); ``reference``: the clip's
+    `ReferenceFeatures`. Adds 3 to ``model.nfe_counter``.
+    """
+    eps_a, eps_r, eps_b = model.denoise_multi_cfg(z.to(model.dtype), float(timestep), audio_tokens, reference)
+    return fada_math.multi_cfg(eps_a.float(), eps_r.float(), eps_b.float(), config.cfg_audio, config.cfg_ref)
+
+
+TEACHER_DDIM = SamplingStrategy(
+    name="ddim-multi-cfg", default_steps=25, make_scheduler=DDIMSampler, guided_eps=multi_cfg_eps
+)
+
+
+def strategy_for(stage: str, mode: str, checkpoint: Path) -> SamplingStrategy:
+    """The sampling strategy of a checkpoint's stage/mode (students: PeRFlow, issue 5)."""
+    if stage == "teacher":
+        return TEACHER_DDIM
+    raise CheckpointError(
+        f"{checkpoint} is a {stage} checkpoint (mode {mode!r}); this release generates from teacher "
+        "checkpoints only — pass the --checkpoint written by `fada train-teacher`."
+    )
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def read_portrait(path: Path) -> np.ndarray:
+    """Any PIL-readable image → RGB uint8 (H, W, 3); alpha is composited on white."""
+    if not path.is_file():
+        raise InputFileError(f"portrait {path} does not exist; pass an image file with --image.")
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise MediaError(f"cannot read portrait {path} ({exc}); pass a PNG or JPEG image.") from exc
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit grayscale: rescale to 8 bit
+        values = np.asarray(image, dtype=np.float64)
+        span = max(values.max() - values.min(), 1e-12)
+        image = Image.fromarray(np.round(255 * (values - values.min()) / span).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def crop_portrait(rgb: np.ndarray, size: int, crop: bool, scale: float, path: Path) -> np.ndarray:
+    """A square face-centred window (or the centre square with ``crop=False``) resized to size²."""
+    height, width = rgb.shape[:2]
+    if crop:
+        faces = detect_faces(rgb)
+        if not faces:
+            raise MediaError(f"no face found in {path}; use a frontal portrait or --no-crop.")
+        x0, y0, side = square_crop_box(faces[0], width, height, scale=scale)
+    else:
+        side = min(width, height)
+        x0, y0 = (width - side) // 2, (height - side) // 2
+    window = Image.fromarray(rgb[y0 : y0 + side, x0 : x0 + side])
+    return np.array(window.resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)  # (size, size, 3)
+
+
+def read_speech(path: Path, quiet: bool) -> np.ndarray:
+    """Speech of any format/rate → float32 mono 16 kHz; too short is an error, silence a warning."""
+    if not path.is_file():
+        raise InputFileError(f"speech {path} does not exist; pass an audio file with --audio.")
+    audio = media.read_audio(path)
+    seconds = len(audio) / media.AUDIO_SR
+    if seconds < MIN_AUDIO_S:
+        raise MediaError(
+            f"speech {path} lasts {seconds:.3f} s, shorter than one video frame ({MIN_AUDIO_S * 1000:.0f} ms); "
+            "pass a longer recording."
+        )
+    if not np.any(audio):
+        log(f"[yellow]warning:[/] speech {path} is silent; the mouth will not follow any sound.", quiet=quiet)
+    return audio
+
+
+def check_config(config: GenerateConfig, model: FadaModel, strategy: SamplingStrategy) -> tuple[int, int, int]:
+    """Resolve (steps, F, M) and check them; `UsageError` with the bad value otherwise."""
+    steps = strategy.default_steps if config.steps is None else config.steps
+    frames = model.config.frames_per_clip if config.frames_per_clip is None else config.frames_per_clip
+    motion = model.config.motion_frames if config.motion_frames is None else config.motion_frames
+    if frames < 1:
+        raise UsageError(f"--frames-per-clip {frames} is not valid; use 1 or more.")
+    if motion < 1:
+        raise UsageError(f"--motion-frames {motion} is not valid; use 1 or more.")
+    if frames > model.config.temporal_max_frames:
+        raise UsageError(
+            f"--frames-per-clip {frames} exceeds this model's temporal_max_frames "
+            f"{model.config.temporal_max_frames}; use at most that."
+        )
+    if motion > frames:
+        raise UsageError(f"--motion-frames {motion} exceeds --frames-per-clip {frames}; use at most {frames}.")
+    for name, value in (("--cfg-audio", config.cfg_audio), ("--cfg-ref", config.cfg_ref)):
+        if not math.isfinite(value):
+            raise UsageError(f"{name} {value} is not a finite number; use e.g. 6.5 or 2.5.")
+    if not 1.0 <= config.crop_scale <= 4.0:
+        raise UsageError(f"crop scale {config.crop_scale} is outside [1, 4]; use e.g. 1.6.")
+    return steps, frames, motion
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+def to_uint8_frames(images: torch.Tensor) -> np.ndarray:
+    """Decoded images in [-1, 1], (F, 3, H, W) → uint8 (F, H, W, 3)."""
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(MB, source): CUDA max allocated on a GPU, the process's peak RSS elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_peak_rss"
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def stats_path(out_mp4: Path) -> Path:
+    """``OUT.json`` beside ``OUT.mp4``."""
+    return out_mp4.with_suffix(".json")
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+def generate(
+    checkpoint: str | Path,
+    image: str | Path,
+    audio: str | Path,
+    out_mp4: str | Path,
+    config: GenerateConfig = GenerateConfig(),
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "fp32",
+    quiet: bool = False,
+) -> GenerationStats:
+    """Generate ``out_mp4`` (speech muxed) and ``out_mp4.json`` from a portrait and speech."""
+    started = time.perf_counter()
+    checkpoint, image, audio, out_mp4 = Path(checkpoint), Path(image), Path(audio), Path(out_mp4)
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    if out_mp4.suffix.lower() != ".mp4" or out_mp4.is_dir():
+        raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    # 1. check inputs: checkpoint stage → strategy, portrait, speech, model
+    info = load_checkpoint_info(checkpoint)
+    strategy = strategy_for(info.stage, info.mode, checkpoint)
+    portrait_rgb = read_portrait(image)
+    speech = read_speech(audio, quiet)
+    model = FadaModel.from_checkpoint(checkpoint, expect_stage=info.stage, device=device, dtype=dtype)
+    model.eval()
+    steps, frames_per_clip, motion_frames = check_config(config, model, strategy)
+    scheduler = strategy.make_scheduler(steps)
+    portrait = crop_portrait(portrait_rgb, model.config.sample_size, config.crop, config.crop_scale, image)
+
+    # 2. audio features once for the whole speech, padded with silence to whole clips
+    total_frames = round(len(speech) * media.VIDEO_FPS / media.AUDIO_SR)
+    n_clips = math.ceil(total_frames / frames_per_clip)
+    features = frame_audio_features(speech, n_clips * frames_per_clip, model.config)  # (n_clips·F, W, D_feat)
+
+    # 3. the reference latent; the first clip's motion frames are the reference repeated
+    with torch.no_grad():
+        reference_image = torch.from_numpy(portrait).permute(2, 0, 1).float().div(127.5).sub(1)  # (3, H, W)
+        reference_latent = model.encode_images(reference_image[None].to(device, dtype))  # (1, C, h, w)
+        motion_latents = reference_latent[:, None].expand(1, motion_frames, *reference_latent.shape[1:])
+    generator = torch.Generator().manual_seed(config.seed)
+    nfe_per_clip: list[int] = []
+    video = []
+
+    with torch.no_grad(), make_progress(quiet) as progress:
+        task = progress.add_task("denoising", total=n_clips * steps)
+        for clip in range(n_clips):
+            progress.update(task, description=f"clip {clip + 1}/{n_clips}")
+            # 4. reference features ONCE per clip, shared by every denoising step and branch
+            reference = model.reference_features(reference_latent, motion_latents)
+            window = features[clip * frames_per_clip : (clip + 1) * frames_per_clip]  # (F, W, D_feat)
+            audio_tokens = model.audio_tokens(window[None].to(device))  # (1, F, N, D)
+
+            # 5. denoising loop from seeded noise
+            shape = (1, frames_per_clip, *reference_latent.shape[1:])  # (1, F, C, h, w)
+            z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+            nfe_before = model.nfe_counter
+            for i, timestep in enumerate(scheduler.timesteps):
+                eps = strategy.guided_eps(model, z, timestep, audio_tokens, reference, config)
+                z = scheduler.step(eps, z, i)
+                progress.advance(task)
+            nfe_per_clip.append(model.nfe_counter - nfe_before)
+
+            # 6. decode; the last M frames become the next clip's motion frames
+            images = model.decode_latents(z.to(dtype))[0].clamp(-1, 1)  # (F, 3, H, W)
+            video.append(to_uint8_frames(images))
+            motion_latents = model.encode_images(images[None, -motion_frames:])  # (1, M, C, h, w)
+
+    # 7. write the mp4 with the speech muxed, then the stats beside it
+    frames = np.concatenate(video)[:total_frames]  # (T, H, W, 3), padding trimmed
+    out_mp4.parent.mkdir(parents=True, exist_ok=True)
+    media.write_video(out_mp4, frames, fps=media.VIDEO_FPS, audio=speech, audio_sr=media.AUDIO_SR)
+    memory_mb, memory_source = peak_memory(device)
+    seconds = time.perf_counter() - started
+    audio_seconds = len(speech) / media.AUDIO_SR
+    stats = GenerationStats(
+        video=str(out_mp4),
+        checkpoint=str(checkpoint),
+        stage=info.stage,
+        mode=info.mode,
+        sampler=strategy.name,
+        nfe=max(nfe_per_clip),
+        nfe_total=sum(nfe_per_clip),
+        steps=steps,
+        cfg_audio=config.cfg_audio,
+        cfg_ref=config.cfg_ref,
+        seed=config.seed,
+        frames=int(frames.shape[0]),
+        fps=media.VIDEO_FPS,
+        audio_seconds=audio_seconds,
+        clips=n_clips,
+        frames_per_clip=frames_per_clip,
+        motion_frames=motion_frames,
+        seconds=seconds,
+        seconds_per_video_second=seconds / audio_seconds,
+        peak_memory_mb=memory_mb,
+        peak_memory_source=memory_source,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+    )
+    write_json_atomic(stats_path(out_mp4), asdict(stats))
+    return stats
