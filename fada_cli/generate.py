@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from fada_cli.options import DeviceOption, DtypeOption, JsonOption, QuietOption, SeedOption
-from pipelines.generate import GenerateConfig, generate, stats_path
 
 
 def command(
@@ -53,6 +52,8 @@ def command(
 
         fada generate --checkpoint runs/teacher --image face.png --audio speech.wav -o out/talk.mp4
     """
+    from pipelines.generate import GenerateConfig, generate, stats_path  # heavy: imported on use
+
     config = GenerateConfig(
         steps=steps,
         cfg_audio=cfg_audio,
