@@ -2,14 +2,82 @@
 
 from __future__ import annotations
 
-from pipelines.errors import NotImplementedYetError
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fada_cli.options import DeviceOption, JsonOption, QuietOption, SeedOption
+from pipelines.demo import SUMMARY, DemoConfig, run_demo
 
 
-def command() -> None:
+def _format(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def demo_table(summary: dict) -> Table:
+    """One row per mode: NFE, s per video s, speed-up, sync / E-FID / IQA proxies."""
+    table = Table(title=f"fada demo ({summary['model_preset']} preset, teacher {summary['teacher']['steps']} steps)")
+    for name in ("mode", "NFE", "s / video s", "speed-up", "sync proxy ↑", "E-FID proxy ↓", "IQA proxy ↑"):
+        table.add_column(name, justify="left" if name == "mode" else "right")
+    for mode, row in summary["modes"].items():
+        table.add_row(
+            mode,
+            str(row["nfe"]),
+            _format(row["seconds_per_video_second"], ".2f"),
+            _format(row["speed_up"], ".2f") + "×",
+            _format(row["sync_proxy"], ".3f"),
+            _format(row["e_fid_proxy"], ".3g"),
+            _format(row["iqa_proxy"], ".3g"),
+        )
+    return table
+
+
+def command(
+    out: Annotated[Path, typer.Option("--out", help="Run folder (new, empty, or a previous demo run).")] = Path(
+        "demo_run"
+    ),
+    minutes: Annotated[float, typer.Option("--minutes", help="Wall-clock budget; training gets what is left.")] = (
+        DemoConfig.minutes
+    ),
+    preset: Annotated[str, typer.Option("--preset", help="Model preset: demo (CPU minutes) or tiny (seconds).")] = (
+        DemoConfig.preset
+    ),
+    generate_steps: Annotated[
+        int | None,
+        typer.Option("--generate-steps", help="Teacher DDIM steps; fewer is faster (the table shows the NFE)."),
+    ] = None,
+    device: DeviceOption = "cpu",
+    seed: SeedOption = DemoConfig.seed,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """Run the whole lifecycle on the embedded demo dataset, on CPU.
+
+    demo-data → curate → train-teacher (one identity held out) → distill (when built) → generate
+    the held-out identity speaking its held-out clips → eval against those clips. Ends with a
+    table per mode (NFE, seconds per video second, speed-up, sync / E-FID / IQA proxies), a
+    contact sheet PNG and OUT/demo_summary.json. The teacher samples with 25 DDIM steps × 3 CFG
+    branches (NFE 75) unless --generate-steps says otherwise.
 
     Example:
 
-        fada demo --out demo_run
+        fada demo --out demo_run --minutes 15
     """
-    raise NotImplementedYetError("`fada demo` is not implemented yet in this release; see CHANGELOG.md for what is.")
+    summary = run_demo(
+        out,
+        DemoConfig(minutes=minutes, preset=preset, seed=seed, generate_steps=generate_steps),
+        device=device,
+        quiet=quiet,
+    )
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    Console().print(demo_table(summary))
+    typer.echo(f"contact sheet {summary['contact_sheet']}")
+    for mode, row in summary["modes"].items():
+        typer.echo(f"{mode} videos: {', '.join(row['videos'])}")
+    typer.echo(f"summary {Path(summary['out']) / SUMMARY} ({summary['total_s']:.0f} s of {summary['budget_s']:.0f} s)")

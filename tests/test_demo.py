@@ -1,0 +1,104 @@
+"""`fada demo`: the step budget, the contact sheet, the held-out split, and the whole run on tiny."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from fada_cli.main import app
+from pipelines.demo import DemoConfig, contact_sheet, plan_training_steps, split_held_out
+from pipelines.errors import UsageError
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a busy 2-core machine two threads spin against each other (~25× slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_plan_training_steps_spends_what_is_left():
+    # 900 s budget, 300 s spent, 100 s kept for generate + eval: 500 s / 2 s per step = 250 steps
+    assert plan_training_steps(900, 300, 2.0, 100, min_steps=5, max_steps=5000) == 250
+    assert plan_training_steps(900, 300, 2.0, 100, min_steps=5, max_steps=100) == 100  # capped
+    assert plan_training_steps(60, 80, 2.0, 100, min_steps=5, max_steps=100) == 5  # over budget: the minimum
+    with pytest.raises(ValueError, match="step time"):
+        plan_training_steps(60, 0, 0.0, 0, 1, 10)
+
+
+def test_contact_sheet_layout():
+    portrait = np.full((8, 8, 3), 200, np.uint8)
+    frames = np.stack([np.full((8, 8, 3), 10 * t, np.uint8) for t in range(10)])  # (10, 8, 8, 3), darkest first
+    sheet = contact_sheet(portrait, {"held-out clip": frames, "teacher": frames[::-1]}, columns=3, tile=16)
+    label = sheet.shape[1] - 4 * 16
+    assert sheet.shape == (2 * 16, label + 4 * 16, 3) and sheet.dtype == np.uint8
+    assert (sheet[:, label : label + 16] == 200).all()  # the portrait leads every row
+    first_row = [int(sheet[8, label + c * 16 + 8, 0]) for c in range(1, 4)]
+    assert first_row == [0, 40, 90]  # frames 0, 4.5→4, 9: evenly over time
+    assert [int(sheet[24, label + c * 16 + 8, 0]) for c in range(1, 4)] == [90, 50, 0]
+
+
+def test_split_holds_one_identity_out():
+    truth = pd.DataFrame({"clip_id": ["demo_0000", "demo_0001", "demo_0002", "demo_0003"]})
+    truth["identity"] = ["id0", "id1", "id0", "id1"]
+    curated = pd.DataFrame(
+        {
+            "source": [f"/x/clips/demo_000{i}.mp4" for i in range(4)],
+            "tier": ["A", "reject", "B", "B"],
+            "clip_id": ["a", "b", "c", "d"],
+        }
+    )
+    train, held = split_held_out(curated, truth, "id1")
+    assert list(train["clip_id"]) == ["a", "c"]
+    assert list(held["clip_id"]) == ["d"]  # the rejected clip of id1 is neither trained on nor evaluated
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    with pytest.raises(UsageError, match="--minutes 0.5"):
+        DemoConfig(minutes=0.5)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--preset", "sd15"])
+    assert result.exit_code == 2 and "--preset 'sd15' is not valid for the CPU demo" in result.output
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "taken"), "--preset", "tiny", "--minutes", "1"])
+    assert result.exit_code == 2 and "is not a previous `fada demo` folder" in result.output
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_tiny(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--minutes", "1", "--preset", "tiny", "--generate-steps", "2", "--quiet"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary == json.loads((out / "demo_summary.json").read_text())
+    assert list(summary["modes"]) == ["teacher"]  # no student rows until `fada distill` writes them
+    teacher = summary["modes"]["teacher"]
+    assert teacher["nfe"] == 2 * 3 and teacher["speed_up"] == 1.0
+    assert teacher["seconds_per_video_second"] > 0 and teacher["iqa_proxy"] > 0
+    assert teacher["e_fid_proxy"] is None or teacher["e_fid_proxy"] >= 0
+    assert summary["teacher"]["steps"] >= 5 and (out / "teacher" / "fada_checkpoint.json").is_file()
+    # the held-out identity is absent from training and is what was generated
+    held = summary["held_out_identity"]
+    train = pd.read_parquet(out / "curated" / "train.parquet")
+    truth = pd.read_parquet(out / "data" / "truth.parquet").set_index("clip_id")["identity"]
+    assert held not in {truth[src.rsplit("/", 1)[-1][:-4]] for src in train["source"]}
+    for video in teacher["videos"]:
+        assert video.endswith(".mp4") and (out / "eval" / "teacher" / "metrics.json").is_file()
+    sheet = np.asarray(Image.open(summary["contact_sheet"]))
+    assert sheet.shape[0] == 2 * 96  # rows: the held-out clip, the teacher
+    # the rerun replaces its own previous folder; the table goes to stdout
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "teacher" in result.stdout and "contact sheet" in result.stdout
