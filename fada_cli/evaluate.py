@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,7 +12,9 @@ from rich.table import Table
 
 from fada_cli.options import DeviceOption, JsonOption, QuietOption
 from pipelines.errors import UsageError
-from pipelines.evaluate import EvalConfig, EvalReport, evaluate, report_payload
+
+if TYPE_CHECKING:
+    from pipelines.evaluate import EvalReport
 
 
 def _format(value: float | None) -> str:
@@ -105,6 +107,8 @@ def command(
 
         fada eval --cfg-sweep --checkpoint runs/teacher --reference held_out.parquet --out sweep/
     """
+    from pipelines.evaluate import EvalConfig, evaluate, report_payload  # heavy: imported on use
+
     config = EvalConfig(
         syncnet_weights=syncnet_weights,
         inception_weights=inception_weights,
