@@ -21,15 +21,6 @@ from pipelines.model_config import get_preset
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads spin against each other (~25× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A random tiny teacher and a 2-clip held-out set of 1 s demo clips."""

@@ -27,15 +27,6 @@ from pipelines.model import (
 from pipelines.model_config import ModelConfig, get_preset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(**overrides) -> FadaModel:
     torch.manual_seed(0)
     return FadaModel.from_config(get_preset("tiny", **overrides)).eval()
