@@ -2,14 +2,155 @@
 
 from __future__ import annotations
 
-from pipelines.errors import NotImplementedYetError
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fada_cli.options import DeviceOption, JsonOption, QuietOption
+from pipelines.errors import UsageError
+
+Opt = typer.Option
 
 
-def command() -> None:
+def _pair(name: str, text: str | None) -> tuple[float, float] | None:
+    """'LOW,HIGH' → (LOW, HIGH); UsageError on anything else."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"{name} {text!r} is not valid; give two numbers LOW,HIGH such as 1,10.") from None
+    return low, high
+
+
+def command(
+    manifest: Annotated[Path, Opt("--manifest", help="Clip manifest (Parquet) from `fada curate` / `fada demo-data`.")],
+    out: Annotated[Path, Opt("--out", "-o", help="Student checkpoint folder (also holds the logs and R histogram).")],
+    teacher: Annotated[
+        Path | None,
+        Opt("--teacher", help="Teacher checkpoint (`fada train-teacher`) [the recorded one on --resume]."),
+    ] = None,
+    mode: Annotated[
+        str | None, Opt("--mode", help="fast (CFG tokens, 6 NFE) or balanced (3 CFG branches, 18 NFE) [fast].")
+    ] = None,
+    tier: Annotated[
+        str | None, Opt("--tier", help="Manifest tier(s), comma-separated; B includes A (tier A ⊂ tier B) [B].")
+    ] = None,
+    windows: Annotated[int | None, Opt("--windows", help="K, PeRFlow time windows [4].")] = None,
+    solver_steps: Annotated[
+        int | None, Opt("--solver-steps", help="Teacher DDIM steps per window; 1000/(K·n) an integer [10].")
+    ] = None,
+    gt_weight: Annotated[
+        str | None,
+        Opt("--gt-weight", help="Ground-truth weight W: adaptive, adaptive-unlimited, fixed-X [adaptive]."),
+    ] = None,
+    cfg_conditioning: Annotated[
+        str | None,
+        Opt(
+            "--cfg-conditioning",
+            help="Student CFG input: tokens, layer, time-embed or none [tokens for fast, none for balanced].",
+        ),
+    ] = None,
+    cfg_audio_range: Annotated[
+        str | None, Opt("--cfg-audio-range", help="Fast mode: per-sample cfg_a drawn from LOW,HIGH [1,10].")
+    ] = None,
+    cfg_ref_range: Annotated[
+        str | None, Opt("--cfg-ref-range", help="Fast mode: per-sample cfg_r drawn from LOW,HIGH [1,3].")
+    ] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps in total [1000].")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Clips per process per micro-batch [4].")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate [1e-5].")] = None,
+    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per optimiser step [1].")] = None,
+    ema: Annotated[float | None, Opt("--ema", help="EMA decay of the weights, 0 = off [0].")] = None,
+    checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="Save every N steps [500].")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the student checkpoint in --out exactly.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing checkpoint in --out.")] = False,
+    device: DeviceOption = "auto",
+    dtype: Annotated[
+        str | None, Opt("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 [fp32].")
+    ] = None,
+    seed: Annotated[int | None, Opt("--seed", help="Random seed; the same seed gives the same run [0].")] = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """Distill a teacher into a 6-step student with PeRFlow, mixed supervision and CFG tokens.
+
+    The student starts as the teacher (plus zero-initialised CFG conditioning in fast mode); the
+    frozen teacher solves each PeRFlow window with DDIM (multi-CFG at per-sample scales in fast
+    mode). Per-sample R = L_gt/L_distill and W go to OUT/supervision.csv, TensorBoard (OUT/tb/) and
+    OUT/ratio_histogram.png. Bracketed defaults apply to a new run; with --resume, options left out
+    keep the checkpoint's values (only --steps and --checkpoint-every may change).
 
     Example:
 
         fada distill --teacher runs/teacher --manifest curated/manifest.parquet --tier B --mode fast --out runs/student
     """
-    raise NotImplementedYetError("`fada distill` is not implemented yet in this release; see CHANGELOG.md for what is.")
+    from pipelines.checkpoint import load_checkpoint_info
+    from pipelines.devices import resolve_device, resolve_dtype
+    from pipelines.distill import STAGE, DistillConfig, distill, expand_tiers
+    from pipelines.training import MIXED_PRECISION
+
+    # 1. the starting config: defaults for a new run, the checkpoint's on --resume
+    torch_device = resolve_device(device)
+    given = {
+        "mode": mode,
+        "windows": windows,
+        "solver_steps": solver_steps,
+        "gt_weight": gt_weight,
+        "cfg_conditioning": cfg_conditioning,
+        "cfg_audio_range": _pair("--cfg-audio-range", cfg_audio_range),
+        "cfg_ref_range": _pair("--cfg-ref-range", cfg_ref_range),
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "grad_accum": grad_accum,
+        "ema": ema,
+        "checkpoint_every": checkpoint_every,
+        "seed": seed,
+        "tiers": None if tier is None else expand_tiers(tuple(t.strip() for t in tier.split(",") if t.strip())),
+    }
+    if dtype is not None:
+        given["mixed_precision"] = MIXED_PRECISION[resolve_dtype(dtype, torch_device)]
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume:
+        info = load_checkpoint_info(out, expect_stage=STAGE)
+        config = dataclasses.replace(DistillConfig.from_dict(info.config["train"]), **given)
+        teacher = teacher if teacher is not None else Path(info.config["teacher"]["path"])
+    else:
+        if teacher is None:
+            raise UsageError("--teacher is missing; pass the checkpoint folder written by `fada train-teacher`.")
+        config = DistillConfig(**given)
+
+    # 2. distil
+    result = distill(teacher, manifest, out, config, torch_device, resume, overwrite, quiet)
+    if not result.is_main_process:
+        return
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "mode": result.mode,
+        "steps": result.steps,
+        "steps_this_run": result.steps_this_run,
+        "final_loss": result.final_loss,
+        "final_loss_distill": result.final_loss_distill,
+        "final_loss_gt": result.final_loss_gt,
+        "seconds": round(result.seconds, 3),
+        "steps_per_s": round(result.steps_per_s, 4),
+        "processes": result.processes,
+        "teacher": result.teacher,
+        "teacher_hash": result.teacher_hash,
+        "train_log": str(Path(result.checkpoint) / "train_log.csv"),
+        "supervision_log": str(Path(result.checkpoint) / "supervision.csv"),
+        "ratio_histogram": str(Path(result.checkpoint) / "ratio_histogram.png"),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"{result.mode} student {summary['checkpoint']}: step {result.steps}, loss {result.final_loss:.5f} "
+            f"(distill {result.final_loss_distill:.5f}, gt {result.final_loss_gt:.5f}), "
+            f"{result.steps_this_run} steps in {result.seconds:.1f} s"
+        )
