@@ -14,16 +14,25 @@ from fada_cli.options import DeviceOption, DtypeOption, JsonOption, QuietOption,
 
 def command(
     checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", help="Checkpoint folder written by `fada train-teacher`.")
+        Path,
+        typer.Option("--checkpoint", help="Checkpoint folder: a teacher or a fast/balanced student (`fada distill`)."),
     ],
     image: Annotated[Path, typer.Option("--image", help="Portrait image (PNG/JPEG, RGB, RGBA, grayscale; any size).")],
     audio: Annotated[Path, typer.Option("--audio", help="Speech (wav/flac/ogg/mp4…, any rate; read as 16 kHz mono).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .mp4; OUT.json with the stats goes beside it.")],
     steps: Annotated[
-        int | None, typer.Option("--steps", help="Sampler steps per clip.", show_default="25 DDIM steps for a teacher")
+        int | None,
+        typer.Option("--steps", help="Sampler steps per clip.", show_default="25 DDIM (teacher), 6 PeRFlow (student)"),
     ] = None,
     cfg_audio: Annotated[float, typer.Option("--cfg-audio", help="Audio guidance scale (multi-CFG, Eq. 9).")] = 6.5,
-    cfg_ref: Annotated[float, typer.Option("--cfg-ref", help="Reference guidance scale (multi-CFG, Eq. 9).")] = 2.5,
+    cfg_ref: Annotated[
+        float | None,
+        typer.Option(
+            "--cfg-ref",
+            help="Reference guidance scale (multi-CFG, Eq. 9; CFG tokens, Eq. 10).",
+            show_default="2.5; 2.0 for a fast (CFG-distilled) student",
+        ),
+    ] = None,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "fp32",
@@ -46,13 +55,17 @@ def command(
 
     The face is detected and cropped, the speech drives the mouth clip by clip, and the speech is
     muxed into the mp4. OUT.json beside the video records nfe (denoising-net evaluations per
-    clip: 25 steps × 3 CFG branches = 75 for a teacher), seconds, frames and peak memory.
+    clip: 25 DDIM steps × 3 CFG branches = 75 for a teacher, 6 PeRFlow steps × 3 = 18 for a
+    balanced student, 6 × 1 = 6 for a fast one), seconds, frames and peak memory.
 
     Example:
 
         fada generate --checkpoint runs/teacher --image face.png --audio speech.wav -o out/talk.mp4
     """
-    from pipelines.generate import GenerateConfig, generate, stats_path  # heavy: imported on use
+    from pipelines.generate import GenerateConfig, checkpoint_strategy, generate, stats_path  # heavy: on use
+
+    if cfg_ref is None:
+        cfg_ref = checkpoint_strategy(checkpoint).default_cfg_ref
 
     config = GenerateConfig(
         steps=steps,

@@ -4,8 +4,9 @@
 F frames (on the reference image and the last M generated frames), the denoising net runs
 ``steps × branches`` times per clip. How a checkpoint is sampled is a `SamplingStrategy`
 picked from its stage and mode (`strategy_for`): the teacher is DDIM with the three multi-CFG
-branches (ε_a, ε_r, ε_b) batched in one forward per step (Eq. 9), NFE-D 25 × 3 = 75. Student
-strategies (PeRFlow, SPEC §4 Inference) plug in here when distillation lands.
+branches (ε_a, ε_r, ε_b) batched in one forward per step (Eq. 9), NFE-D 25 × 3 = 75; a balanced
+student is PeRFlow (SPEC §4 Inference) with the same three branches, 6 × 3 = 18; a fast student
+is PeRFlow with one forward per step, the CFG scales entering as CFG tokens (Eq. 10), 6 × 1 = 6.
 
 Silent (all-zero) speech is allowed — it is the control condition of the mouth/audio check —
 and only logs a warning; speech shorter than one video frame (40 ms) is an error.
@@ -36,7 +37,7 @@ from pipelines.errors import CheckpointError, InputFileError, MediaError, UsageE
 from pipelines.faces import detect_faces, square_crop_box
 from pipelines.model import FadaModel
 from pipelines.progress import log, make_progress
-from pipelines.schedulers import DDIMSampler
+from pipelines.schedulers import DDIMSampler, PeRFlowScheduler
 
 MIN_AUDIO_S = 1 / media.VIDEO_FPS  # shortest speech that makes one video frame (40 ms)
 
@@ -95,6 +96,7 @@ class SamplingStrategy:
     default_steps: int  # steps when GenerateConfig.steps is None
     make_scheduler: Callable[[int], DDIMSampler]  # steps -> object with .timesteps and .step(eps, z, i)
     guided_eps: Callable[..., torch.Tensor]  # (model, z, timestep, audio_tokens, reference, config) -> ε
+    default_cfg_ref: float = 2.5  # --cfg-ref when not given: 2.5 without CFG distillation, 2.0 with it (SPEC §4)
 
 
 def multi_cfg_eps(model: FadaModel, z, timestep: float, audio_tokens, reference, config: GenerateConfig):
@@ -107,19 +109,50 @@ def multi_cfg_eps(model: FadaModel, z, timestep: float, audio_tokens, reference,
     return fada_math.multi_cfg(eps_a.float(), eps_r.float(), eps_b.float(), config.cfg_audio, config.cfg_ref)
 
 
+def cfg_token_eps(model: FadaModel, z, timestep: float, audio_tokens, reference, config: GenerateConfig):
+    """ε of a fast student: ONE forward with both conditions, the scales given as CFG tokens (Eq. 10).
+
+    A student distilled with ``--cfg-conditioning none`` has no CFG input; the scales are then
+    baked into its weights and ignored here. Adds 1 to ``model.nfe_counter``.
+    """
+    keep = torch.zeros(1, dtype=torch.bool, device=z.device)
+    scales = None
+    if model.cfg_conditioning is not None:
+        scales = (torch.tensor([config.cfg_audio], device=z.device), torch.tensor([config.cfg_ref], device=z.device))
+    eps = model.denoise(z.to(model.dtype), float(timestep), audio_tokens, reference, keep, keep, scales)
+    return eps.float()
+
+
 TEACHER_DDIM = SamplingStrategy(
     name="ddim-multi-cfg", default_steps=25, make_scheduler=DDIMSampler, guided_eps=multi_cfg_eps
 )
+STUDENT_MODES = ("balanced", "fast")  # modes `fada distill` writes
 
 
-def strategy_for(stage: str, mode: str, checkpoint: Path) -> SamplingStrategy:
-    """The sampling strategy of a checkpoint's stage/mode (students: PeRFlow, issue 5)."""
+def strategy_for(stage: str, mode: str, checkpoint: Path, windows: int = 4) -> SamplingStrategy:
+    """The sampling strategy of a checkpoint's stage/mode: teacher DDIM, student PeRFlow over K windows."""
     if stage == "teacher":
         return TEACHER_DDIM
+    if stage == "student" and mode in STUDENT_MODES:
+        fast = mode == "fast"
+        return SamplingStrategy(
+            name="perflow-cfg-tokens" if fast else "perflow-multi-cfg",
+            default_steps=6,
+            make_scheduler=lambda steps: PeRFlowScheduler(steps, K=windows),
+            guided_eps=cfg_token_eps if fast else multi_cfg_eps,
+            default_cfg_ref=2.0 if fast else 2.5,
+        )
     raise CheckpointError(
-        f"{checkpoint} is a {stage} checkpoint (mode {mode!r}); this release generates from teacher "
-        "checkpoints only — pass the --checkpoint written by `fada train-teacher`."
+        f"{checkpoint} is a {stage} checkpoint of unknown mode {mode!r}; generate from a teacher "
+        "(`fada train-teacher`) or a fast/balanced student (`fada distill`)."
     )
+
+
+def checkpoint_strategy(checkpoint: str | Path) -> SamplingStrategy:
+    """`strategy_for` of the checkpoint folder (its stage, mode and PeRFlow windows)."""
+    info = load_checkpoint_info(checkpoint)
+    windows = int(info.config.get("train", {}).get("windows", 4)) if info.stage == "student" else 4
+    return strategy_for(info.stage, info.mode, Path(checkpoint), windows)
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -259,7 +292,7 @@ def generate(
 
     # 1. check inputs: checkpoint stage → strategy, portrait, speech, model
     info = load_checkpoint_info(checkpoint)
-    strategy = strategy_for(info.stage, info.mode, checkpoint)
+    strategy = checkpoint_strategy(checkpoint)
     portrait_rgb = read_portrait(image)
     speech = read_speech(audio, quiet)
     model = FadaModel.from_checkpoint(checkpoint, expect_stage=info.stage, device=device, dtype=dtype)

@@ -18,7 +18,7 @@ from pipelines import media
 from pipelines.checkpoint import save_checkpoint
 from pipelines.errors import MediaError
 from pipelines.generate import read_portrait
-from pipelines.model import FadaModel
+from pipelines.model import FadaModel, build_student_from_teacher
 from pipelines.model_config import get_preset
 
 runner = CliRunner()
@@ -214,3 +214,42 @@ def test_read_portrait_any_mode(tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(MediaError, match="cannot read portrait"):
         read_portrait(tmp_path / "notes.png")
+
+
+def _student(teacher, out_dir, mode: str, conditioning: str):
+    """A fresh student of the teacher (equal to it at init) saved as stage 'student', mode fast|balanced."""
+    model = build_student_from_teacher(FadaModel.from_checkpoint(teacher), conditioning)
+    config = {"model": model.config.to_dict(), "train": {"windows": 4}}
+    return save_checkpoint(out_dir, stage="student", mode=mode, config=config, components=model.components(), step=0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "conditioning", "nfe", "cfg_ref", "sampler"),
+    [("balanced", "none", 18, 2.5, "perflow-multi-cfg"), ("fast", "tokens", 6, 2.0, "perflow-cfg-tokens")],
+)
+def test_student_nfe_from_instrumented_runs(
+    teacher, inputs, tmp_path, loaded_models, mode, conditioning, nfe, cfg_ref, sampler
+):
+    student = _student(teacher, tmp_path / mode, mode, conditioning)
+    loaded_models.clear()  # the teacher loaded to build the student
+    out = tmp_path / "talk.mp4"
+    result = _generate(student, inputs[0], inputs[2], out, "--json")
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert (stats["stage"], stats["mode"], stats["sampler"], stats["steps"]) == ("student", mode, sampler, 6)
+    assert (stats["nfe"], stats["cfg_audio"], stats["cfg_ref"]) == (nfe, 6.5, cfg_ref)  # 2.0 with CFG distillation
+    (model,) = loaded_models
+    assert (model.nfe_counter, model.denoising_net_calls, model.reference_net_calls) == (nfe, 6, 1)
+
+
+def test_student_steps_option(teacher, inputs, tmp_path, loaded_models):
+    student = _student(teacher, tmp_path / "fast", "fast", "tokens")
+    loaded_models.clear()
+    out = tmp_path / "talk.mp4"
+    result = _generate(student, inputs[0], inputs[2], out, "--steps", "9", "--cfg-ref", "1.5", "--json")
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert (stats["steps"], stats["nfe"], stats["cfg_ref"]) == (9, 9, 1.5)
+    bad_out = tmp_path / "bad" / "talk.mp4"
+    bad = _generate(student, inputs[0], inputs[2], bad_out, "--steps", "3")
+    _assert_clean_error(bad, bad_out, "--steps 3 is not valid for 4 PeRFlow windows", exit_code=2)
