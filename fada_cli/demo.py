@@ -57,7 +57,7 @@ def command(
 ) -> None:
     """Run the whole lifecycle on the embedded demo dataset, on CPU.
 
-    demo-data → curate → train-teacher (one identity held out) → distill (when built) → generate
+    demo-data → curate → train-teacher (one identity held out) → distill (fast and balanced) → generate
     the held-out identity speaking its held-out clips → eval against those clips. Ends with a
     table per mode (NFE, seconds per video second, speed-up, sync / E-FID / IQA proxies), a
     contact sheet PNG and OUT/demo_summary.json. The teacher samples with 25 DDIM steps × 3 CFG

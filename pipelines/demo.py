@@ -3,10 +3,12 @@
 1. demo-data: synthetic talking portraits with known ground truth (`pipelines.demo_data`);
 2. curate: score and tier them (`pipelines.curate`); the last identity is held out of training;
 3. train-teacher on the tier-A clips of the other identities: a few probe steps measure the step
-   time, then training resumes up to the number of steps the minutes left can pay for;
-4. distill: the place where `fada distill` slots in (balanced and fast students) — not built yet;
-5. generate, per mode, one video per held-out clip from the held-out identity's portrait and the
-   clip's own speech (`pipelines.cfg_sweep.generate_set`);
+   time, then training resumes up to the number of steps its share of the minutes left pays for;
+4. distill the trained teacher on the tier-A and B clips of the same identities into a fast
+   (6 NFE) and a balanced (18 NFE) student, each the same way: probe steps, then resume up to
+   its share of what is left;
+5. generate, per mode (teacher, balanced, fast), one video per held-out clip from the held-out
+   identity's portrait and the clip's own speech (`pipelines.cfg_sweep.generate_set`);
 6. eval each mode against the held-out clips (`pipelines.evaluate`);
 7. the summary: one table row per mode, a contact sheet PNG, ``demo_summary.json``.
 """
@@ -29,6 +31,7 @@ from pipelines.cfg_sweep import HeldOutClip, generate_set, metric_values
 from pipelines.curate import CurateConfig, run_curate
 from pipelines.demo_data import DemoDataConfig, generate_demo_data
 from pipelines.devices import resolve_device
+from pipelines.distill import DistillConfig, distill
 from pipelines.errors import UsageError
 from pipelines.evaluate import EvalConfig, evaluate
 from pipelines.generate import GenerateConfig
@@ -40,7 +43,8 @@ from pipelines.train_teacher import TrainConfig, train_teacher
 
 MARKER = "fada_demo.json"  # written first into DIR: marks a folder a rerun may replace
 SUMMARY = "demo_summary.json"
-STUDENT_MODES = ("balanced", "fast")  # rows that appear once `fada distill` writes their checkpoints
+STUDENT_MODES = ("balanced", "fast")  # distilled after the teacher, in this order
+TEACHER_SHARE = 0.5  # of the minutes left after the probes and the generate + eval reserve; the students split the rest
 PRESETS = ("tiny", "demo")
 
 
@@ -57,6 +61,8 @@ class DemoConfig:
     batch_size: int = 2  # clip windows per training step
     eval_clips: int | None = None  # held-out clips generated and evaluated per mode (None: 1 for tiny, 2 for demo)
     generate_steps: int | None = None  # DDIM steps of the teacher (None = its default, 25 → NFE 75)
+    distill_lr: float = 1e-4  # AdamW learning rate of both students (short runs: larger than distill's default)
+    distill_probe_steps: int = 2  # distillation steps timed per student before its budget is set
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -113,6 +119,27 @@ def time_generation(checkpoint: Path, clip: HeldOutClip, work: Path, device, qui
     return max(seconds[0] - per_step, 0.0), per_step
 
 
+def distill_student(out: Path, teacher: Path, mode: str, share_s: float, config: DemoConfig, device,
+                    quiet: bool) -> tuple[Path, dict]:  # fmt: skip
+    """Distil ``mode`` from ``teacher`` into ``out/students/<mode>``: probe steps, then resume up to ``share_s``."""
+    student = out / "students" / mode
+    probe_steps = config.distill_probe_steps
+    distill_config = DistillConfig(mode=mode, steps=probe_steps, batch_size=config.batch_size, lr=config.distill_lr,
+                                   seed=config.seed, checkpoint_every=10**6)  # fmt: skip
+    manifest = out / "curated" / "distill.parquet"
+    probe = distill(teacher, manifest, student, distill_config, device, quiet=quiet)
+    step_s = probe.seconds / probe.steps_this_run
+    steps = min(config.max_steps, probe_steps + plan_training_steps(share_s, probe.seconds, step_s, 0.0, 0, 10**9))
+    log(f"distill {mode}: {step_s:.2f} s/step → {steps} steps", quiet=quiet)
+    result = probe
+    if steps > probe_steps:
+        result = distill(teacher, manifest, student, replace(distill_config, steps=steps), device, resume=True,
+                         quiet=quiet)  # fmt: skip
+    summary = {"steps": result.steps, "seconds_per_step": step_s, "final_loss": result.final_loss,
+               "final_loss_distill": result.final_loss_distill, "final_loss_gt": result.final_loss_gt}  # fmt: skip
+    return student, summary
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
         raise UsageError(f"--out {out} exists and is not a previous `fada demo` folder; name a new or empty folder.")
@@ -162,6 +189,8 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), device: str = "cpu", 
         )
     held_rows = held_rows.head(config.eval_clips or (1 if config.preset == "tiny" else 2))
     write_manifest(train_rows, out / "curated" / "train.parquet", "fada demo", {"held_out_identity": held_identity})
+    distill_rows = train_rows[train_rows["tier"].isin(["A", "B"])]  # tier B holds tier A
+    write_manifest(distill_rows, out / "curated" / "distill.parquet", "fada demo", {"held_out_identity": held_identity})
     write_manifest(held_rows, out / "curated" / "held_out.parquet", "fada demo", {"held_out_identity": held_identity})
     portrait = out / "data" / "identities" / f"{held_identity}.png"
     clips = [HeldOutClip(Path(p).stem, portrait, clip_path(out / "curated" / "held_out.parquet", p))
@@ -176,25 +205,31 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), device: str = "cpu", 
     step_s = probe.seconds / probe.steps_this_run
     gen_overhead_s, gen_step_s = time_generation(teacher, clips[0], out / "probe", torch_device, quiet)
     per_frame_s = timings["curate"] / max(1, int(curated["n_frames"].sum()))  # curate's cost per frame
-    gen_steps = config.generate_steps or 25
-    reserve_s = len(clips) * (gen_overhead_s + gen_steps * gen_step_s)  # generate, every mode-0 video
-    reserve_s += 2 * per_frame_s * int(held_rows["n_frames"].sum())  # eval reads generated + reference frames
-    steps = plan_training_steps(budget_s, time.perf_counter() - started, step_s, reserve_s,
-                                max(config.min_steps, config.probe_steps + 1), config.max_steps)  # fmt: skip
+    # every mode's videos are paid for at the cost of a 3-branch step: teacher steps, then 6 + 6 student steps
+    sampler_steps = (config.generate_steps or 25) + 2 * 6
+    reserve_s = len(clips) * (3 * gen_overhead_s + sampler_steps * gen_step_s)  # generate, every mode
+    reserve_s += 6 * per_frame_s * int(held_rows["n_frames"].sum())  # eval reads generated + reference, per mode
+    left_s = budget_s - (time.perf_counter() - started) - reserve_s
+    steps = config.probe_steps + plan_training_steps(TEACHER_SHARE * left_s, 0.0, step_s, 0.0, 0, config.max_steps)
+    steps = min(config.max_steps, max(config.min_steps, config.probe_steps + 1, steps))
     log(f"budget: {step_s:.2f} s/step, {reserve_s:.0f} s kept for generate + eval → {steps} steps", quiet=quiet)
     result = train_teacher(out / "curated" / "train.parquet", teacher, model_config,
                            replace(train_config, steps=steps), torch_device, resume=True, quiet=quiet)  # fmt: skip
     t = lap("train_teacher", t)
 
-    # 4. distill — `fada distill` slots in HERE: write students under out/students/<mode> and add them.
+    # 4. distill both students from the trained teacher, each on its share of what is left
     checkpoints = {"teacher": teacher}
-    checkpoints |= {m: out / "students" / m for m in STUDENT_MODES if (out / "students" / m).is_dir()}
-    log("distill: not built yet; the table shows the teacher only", quiet=quiet)
+    students = {}
+    for i, mode in enumerate(STUDENT_MODES):
+        share_s = (budget_s - (time.perf_counter() - started) - reserve_s) / (len(STUDENT_MODES) - i)
+        checkpoints[mode], students[mode] = distill_student(out, teacher, mode, share_s, config, torch_device, quiet)
+    t = lap("distill", t)
 
     # 5.–6. generate the held-out clips per mode, evaluate against them
-    gen_config = GenerateConfig(steps=config.generate_steps, seed=config.seed, crop=False)
     modes = {}
     for mode, checkpoint in checkpoints.items():
+        gen_config = GenerateConfig(steps=config.generate_steps if mode == "teacher" else None, seed=config.seed,
+                                    cfg_ref=2.0 if mode == "fast" else 2.5, crop=False)  # fmt: skip
         stats = generate_set(checkpoint, clips, out / "generated" / mode, gen_config, torch_device, "fp32", quiet)
         report = evaluate(out / "generated" / mode, out / "curated" / "held_out.parquet", out / "eval" / mode,
                           EvalConfig(iqa_metric=None), quiet=quiet)  # fmt: skip
@@ -230,6 +265,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), device: str = "cpu", 
             "final_loss": result.final_loss,
             "seconds_per_step": step_s,
         },  # fmt: skip
+        "students": students,
         "modes": modes,
         "contact_sheet": str(sheet),
         "timings_s": timings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -73,9 +74,16 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary == json.loads((out / "demo_summary.json").read_text())
-    assert list(summary["modes"]) == ["teacher"]  # no student rows until `fada distill` writes them
+    assert list(summary["modes"]) == ["teacher", "balanced", "fast"]
     teacher = summary["modes"]["teacher"]
     assert teacher["nfe"] == 2 * 3 and teacher["speed_up"] == 1.0
+    # the students were distilled from the trained teacher and sample at their own NFE (6 × 3, 6 × 1)
+    assert summary["modes"]["balanced"]["nfe"] == 18 and summary["modes"]["fast"]["nfe"] == 6
+    for mode in ("balanced", "fast"):
+        info = json.loads((out / "students" / mode / "fada_checkpoint.json").read_text())
+        assert info["stage"] == "student" and info["mode"] == mode
+        assert summary["students"][mode]["steps"] >= 2 and np.isfinite(summary["students"][mode]["final_loss"])
+        assert summary["modes"][mode]["speed_up"] > 0
     assert teacher["seconds_per_video_second"] > 0 and teacher["iqa_proxy"] > 0
     assert teacher["e_fid_proxy"] is None or teacher["e_fid_proxy"] >= 0
     assert summary["teacher"]["steps"] >= 5 and (out / "teacher" / "fada_checkpoint.json").is_file()
@@ -84,10 +92,11 @@ def test_demo_end_to_end_tiny(tmp_path):
     train = pd.read_parquet(out / "curated" / "train.parquet")
     truth = pd.read_parquet(out / "data" / "truth.parquet").set_index("clip_id")["identity"]
     assert held not in {truth[src.rsplit("/", 1)[-1][:-4]] for src in train["source"]}
-    for video in teacher["videos"]:
-        assert video.endswith(".mp4") and (out / "eval" / "teacher" / "metrics.json").is_file()
+    for mode, row in summary["modes"].items():
+        assert all(Path(v).is_file() and v.endswith(".mp4") for v in row["videos"])
+        assert (out / "eval" / mode / "metrics.json").is_file()
     sheet = np.asarray(Image.open(summary["contact_sheet"]))
-    assert sheet.shape[0] == 2 * 96  # rows: the held-out clip, the teacher
+    assert sheet.shape[0] == 4 * 96  # rows: the held-out clip, the teacher, balanced, fast
     # the rerun replaces its own previous folder; the table goes to stdout
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
