@@ -26,15 +26,6 @@ AUDIO_S = 1.32  # 33 frames: 9 tiny clips of F = 4, the last one padded then tri
 SHORT_S = 0.16  # 4 frames: one tiny clip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads spin against each other (~25× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _save(model: FadaModel, out_dir, stage: str):
     config = {"model": model.config.to_dict()}
     return save_checkpoint(out_dir, stage=stage, mode=stage, config=config, components=model.components(), step=0)
