@@ -32,48 +32,48 @@ def command(
     out: Annotated[Path, Opt("--out", "-o", help="Student checkpoint folder (also holds the logs and R histogram).")],
     teacher: Annotated[
         Path | None,
-        Opt("--teacher", help="Teacher checkpoint (`fada train-teacher`) [the recorded one on --resume]."),
+        Opt("--teacher", help="Teacher checkpoint (`fada train-teacher`) \\[the recorded one on --resume]."),
     ] = None,
     mode: Annotated[
-        str | None, Opt("--mode", help="fast (CFG tokens, 6 NFE) or balanced (3 CFG branches, 18 NFE) [fast].")
+        str | None, Opt("--mode", help="fast (CFG tokens, 6 NFE) or balanced (3 CFG branches, 18 NFE) \\[fast].")
     ] = None,
     tier: Annotated[
-        str | None, Opt("--tier", help="Manifest tier(s), comma-separated; B includes A (tier A ⊂ tier B) [B].")
+        str | None, Opt("--tier", help="Manifest tier(s), comma-separated; B includes A (tier A ⊂ tier B) \\[B].")
     ] = None,
-    windows: Annotated[int | None, Opt("--windows", help="K, PeRFlow time windows [4].")] = None,
+    windows: Annotated[int | None, Opt("--windows", help="K, PeRFlow time windows \\[4].")] = None,
     solver_steps: Annotated[
-        int | None, Opt("--solver-steps", help="Teacher DDIM steps per window; 1000/(K·n) an integer [10].")
+        int | None, Opt("--solver-steps", help="Teacher DDIM steps per window; 1000/(K·n) an integer \\[10].")
     ] = None,
     gt_weight: Annotated[
         str | None,
-        Opt("--gt-weight", help="Ground-truth weight W: adaptive, adaptive-unlimited, fixed-X [adaptive]."),
+        Opt("--gt-weight", help="Ground-truth weight W: adaptive, adaptive-unlimited, fixed-X \\[adaptive]."),
     ] = None,
     cfg_conditioning: Annotated[
         str | None,
         Opt(
             "--cfg-conditioning",
-            help="Student CFG input: tokens, layer, time-embed or none [tokens for fast, none for balanced].",
+            help="Student CFG input: tokens, layer, time-embed or none \\[tokens for fast, none for balanced].",
         ),
     ] = None,
     cfg_audio_range: Annotated[
-        str | None, Opt("--cfg-audio-range", help="Fast mode: per-sample cfg_a drawn from LOW,HIGH [1,10].")
+        str | None, Opt("--cfg-audio-range", help="Fast mode: per-sample cfg_a drawn from LOW,HIGH \\[1,10].")
     ] = None,
     cfg_ref_range: Annotated[
-        str | None, Opt("--cfg-ref-range", help="Fast mode: per-sample cfg_r drawn from LOW,HIGH [1,3].")
+        str | None, Opt("--cfg-ref-range", help="Fast mode: per-sample cfg_r drawn from LOW,HIGH \\[1,3].")
     ] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps in total [1000].")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Clips per process per micro-batch [4].")] = None,
-    lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate [1e-5].")] = None,
-    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per optimiser step [1].")] = None,
-    ema: Annotated[float | None, Opt("--ema", help="EMA decay of the weights, 0 = off [0].")] = None,
-    checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="Save every N steps [500].")] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps in total \\[1000].")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Clips per process per micro-batch \\[4].")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-5].")] = None,
+    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per optimiser step \\[1].")] = None,
+    ema: Annotated[float | None, Opt("--ema", help="EMA decay of the weights, 0 = off \\[0].")] = None,
+    checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="Save every N steps \\[500].")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the student checkpoint in --out exactly.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing checkpoint in --out.")] = False,
     device: DeviceOption = "auto",
     dtype: Annotated[
-        str | None, Opt("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 [fp32].")
+        str | None, Opt("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 \\[fp32].")
     ] = None,
-    seed: Annotated[int | None, Opt("--seed", help="Random seed; the same seed gives the same run [0].")] = None,
+    seed: Annotated[int | None, Opt("--seed", help="Random seed; the same seed gives the same run \\[0].")] = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:

@@ -75,15 +75,17 @@ def command(
     ] = False,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="--cfg-sweep: checkpoint to sample.")] = None,
     image: Annotated[
-        Path | None, typer.Option("--image", help="--cfg-sweep: portrait for every clip [each clip's first frame].")
+        Path | None, typer.Option("--image", help="--cfg-sweep: portrait for every clip \\[each clip's first frame].")
     ] = None,
     audio_scales: Annotated[str, typer.Option("--audio-scales", help="--cfg-sweep: audio CFG scales.")] = "1,3.5,6.5,9",
     ref_scales: Annotated[
         str, typer.Option("--ref-scales", help="--cfg-sweep: reference CFG scales.")
     ] = "1,1.5,2.5,3.5",
-    steps: Annotated[int | None, typer.Option("--steps", help="--cfg-sweep: sampler steps [the checkpoint's].")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="--cfg-sweep: sampler steps \\[the checkpoint's].")
+    ] = None,
     max_videos: Annotated[
-        int | None, typer.Option("--max-videos", help="--cfg-sweep: use at most N reference clips [all].")
+        int | None, typer.Option("--max-videos", help="--cfg-sweep: use at most N reference clips \\[all].")
     ] = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,

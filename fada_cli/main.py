@@ -7,6 +7,7 @@ Set ``FADA_DEBUG=1`` to get the full traceback instead.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -54,8 +55,15 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def help_text(docstring: str) -> str:
+    """A command docstring as help: prose paragraphs joined into one line each (Rich wraps them to
+    the terminal), indented paragraphs (examples) kept line by line."""
+    paragraphs = inspect.cleandoc(docstring).split("\n\n")
+    return "\n\n".join(p if p.startswith(" ") else " ".join(p.split("\n")) for p in paragraphs)
+
+
 def _register(name: str, command: Callable[..., Any]) -> None:
-    app.command(name)(report_errors(command))
+    app.command(name, help=help_text(command.__doc__ or ""))(report_errors(command))
 
 
 _register("demo-data", demo_data.command)

@@ -20,30 +20,30 @@ def command(
         Path, Opt("--manifest", help="Clip manifest (Parquet) from `fada curate` or `fada demo-data`.")
     ],
     out: Annotated[Path, Opt("--out", "-o", help="Checkpoint folder to write (also holds train_log.csv and tb/).")],
-    tier: Annotated[str | None, Opt("--tier", help="Manifest tier(s) to train on, comma-separated [A].")] = None,
+    tier: Annotated[str | None, Opt("--tier", help="Manifest tier(s) to train on, comma-separated \\[A].")] = None,
     preset: Annotated[
         str | None, Opt("--preset", help="Model preset: tiny, demo or sd15 (a new run defaults to demo).")
     ] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps in total [1000].")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Clips per process per micro-batch [4].")] = None,
-    lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate [1e-4].")] = None,
-    frames: Annotated[int | None, Opt("--frames", help="F, frames per training clip [the preset's].")] = None,
-    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per optimiser step [1].")] = None,
-    ema: Annotated[float | None, Opt("--ema", help="EMA decay of the weights, 0 = off [0].")] = None,
-    checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="Save every N steps [500].")] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps in total \\[1000].")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Clips per process per micro-batch \\[4].")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-4].")] = None,
+    frames: Annotated[int | None, Opt("--frames", help="F, frames per training clip \\[the preset's].")] = None,
+    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per optimiser step \\[1].")] = None,
+    ema: Annotated[float | None, Opt("--ema", help="EMA decay of the weights, 0 = off \\[0].")] = None,
+    checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="Save every N steps \\[500].")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the checkpoint in --out exactly.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing checkpoint in --out.")] = False,
     pretrained_sd: Annotated[
         Path | None, Opt("--pretrained-sd", help="Initialise both UNets (and VAE) from a diffusers SD1.5 folder.")
     ] = None,
     audio_encoder: Annotated[
-        str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder [mel].")
+        str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder \\[mel].")
     ] = None,
     device: DeviceOption = "auto",
     dtype: Annotated[
-        str | None, Opt("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 [fp32].")
+        str | None, Opt("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 \\[fp32].")
     ] = None,
-    seed: Annotated[int | None, Opt("--seed", help="Random seed; the same seed gives the same run [0].")] = None,
+    seed: Annotated[int | None, Opt("--seed", help="Random seed; the same seed gives the same run \\[0].")] = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:

@@ -74,3 +74,26 @@ def test_console_script_runs_as_a_process():
     )
     assert result.returncode == 0
     assert "fada" in result.stdout
+
+
+def test_help_text_joins_prose_lines_and_keeps_examples():
+    doc = """Summary line.
+
+    First paragraph, wrapped
+    in the source at 100 columns.
+
+    Example:
+
+        fada demo --out run
+        fada eval --generated a --reference b
+    """
+    assert cli.help_text(doc) == (
+        "Summary line.\n\nFirst paragraph, wrapped in the source at 100 columns.\n\nExample:\n\n"
+        "    fada demo --out run\n    fada eval --generated a --reference b"
+    )
+
+
+def test_bracketed_defaults_survive_rich_markup():
+    result = runner.invoke(app, ["distill", "--help"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0
+    assert "[adaptive]" in result.output and "[tokens for fast, none for balanced]" in result.output
