@@ -38,7 +38,6 @@ import torch
 
 from pipelines import fada_math
 from pipelines.checkpoint import checkpoint_hash, load_checkpoint_info
-from pipelines.data import ClipDataset, WindowSampler
 from pipelines.errors import UsageError
 from pipelines.manifest import manifest_hash
 from pipelines.model import FadaModel, build_student_from_teacher, sample_condition_dropout
@@ -50,12 +49,12 @@ from pipelines.training import (
     TrainingState,
     TrainLogs,
     check_out,
-    make_accelerator,
     make_ema,
     make_optimizer,
     restore_training_state,
     resumed_configs,
     save_training_checkpoint,
+    set_up_loop,
     step_seed,
     update_ema,
 )
@@ -155,18 +154,12 @@ def distill(
                 f"--resume: --teacher {teacher_path} is not the teacher {out} was distilled from; pass that teacher."
             )
         student_config, config = resumed_configs(info, student_config, config, manifest)
-    start_step = 0 if info is None else info.step
-    if start_step >= config.steps:
-        raise UsageError(f"{out} is already at step {start_step} >= --steps {config.steps}; pass more --steps.")
 
-    # 2. accelerate (one process, or `accelerate launch` for several)
-    accelerator = make_accelerator(device, config)
-    device = accelerator.device
-    rank, world = accelerator.process_index, accelerator.num_processes
-
-    # 3. data: the clips of the distillation tiers, windows drawn by a resumable stream of keys
-    dataset = ClipDataset(manifest, student_config, config.tiers, quiet=quiet or rank > 0)
-    sampler = WindowSampler(len(dataset), config.seed)
+    # 2.-3. accelerate (one process, or `accelerate launch` for several); the clips of the
+    # distillation tiers, windows drawn by a resumable stream of keys
+    setup = set_up_loop(out, info, manifest, student_config, config, device, quiet)
+    start_step, accelerator, device = setup.start_step, setup.accelerator, setup.device
+    rank, world, dataset, sampler = setup.rank, setup.world, setup.dataset, setup.sampler
 
     # 4. frozen teacher; student = teacher + zero-initialised CFG conditioning (or the saved student)
     teacher = FadaModel.from_checkpoint(teacher_path, expect_stage="teacher").to(device)

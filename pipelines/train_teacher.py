@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipelines.data import ClipDataset, WindowSampler
 from pipelines.errors import UsageError
 from pipelines.manifest import manifest_hash
 from pipelines.model import FadaModel, sample_condition_dropout
@@ -44,12 +43,12 @@ from pipelines.training import (
     TrainingState,
     TrainLogs,
     check_out,
-    make_accelerator,
     make_ema,
     make_optimizer,
     restore_training_state,
     resumed_configs,
     save_training_checkpoint,
+    set_up_loop,
     step_seed,
     update_ema,
 )
@@ -94,18 +93,12 @@ def train_teacher(
     info = check_out(out, resume, overwrite, STAGE)
     if info is not None:
         model_config, train_config = resumed_configs(info, model_config, train_config, manifest)
-    start_step = 0 if info is None else info.step
-    if start_step >= train_config.steps:
-        raise UsageError(f"{out} is already at step {start_step} >= --steps {train_config.steps}; pass more --steps.")
 
-    # 2. accelerate (one process, or `accelerate launch` for several)
-    accelerator = make_accelerator(device, train_config)
-    device = accelerator.device
-    rank, world = accelerator.process_index, accelerator.num_processes
-
-    # 3. data: every clip decoded once, windows drawn by a resumable stream of keys
-    dataset = ClipDataset(manifest, model_config, train_config.tiers, quiet=quiet or rank > 0)
-    sampler = WindowSampler(len(dataset), train_config.seed)
+    # 2.-3. accelerate (one process, or `accelerate launch` for several); every clip decoded once,
+    # windows drawn by a resumable stream of keys
+    setup = set_up_loop(out, info, manifest, model_config, train_config, device, quiet)
+    start_step, accelerator, device = setup.start_step, setup.accelerator, setup.device
+    rank, world, dataset, sampler = setup.rank, setup.world, setup.dataset, setup.sampler
 
     # 4. model, optimiser, LR schedule, EMA (restored exactly on --resume)
     if info is not None:

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from pipelines import checkpoint as ckpt
+from pipelines.data import ClipDataset, WindowSampler
 from pipelines.errors import CheckpointError, DeviceError, UsageError
 from pipelines.manifest import manifest_hash
 from pipelines.model_config import ModelConfig
@@ -334,3 +335,29 @@ def resumed_configs(info, model_config: ModelConfig, train_config: TrainConfig, 
         raise UsageError(f"--resume: {manifest} is not the manifest {info.path} was trained on; pass that manifest.")
     keep = {k: getattr(train_config, k) for k in RESUMABLE_CHANGES}
     return saved_model, dataclasses.replace(saved, **keep)
+
+
+@dataclass
+class LoopSetup:
+    """What a training loop starts from: where it resumes, its accelerate processes, its data."""
+
+    start_step: int  # 0 for a new run, the checkpoint's step on --resume
+    accelerator: Accelerator
+    device: torch.device  # the accelerator's device for this process
+    rank: int  # this process's index
+    world: int  # number of processes
+    dataset: ClipDataset  # the manifest's clips of the configured tiers, decoded once
+    sampler: WindowSampler  # resumable stream of window keys
+
+
+def set_up_loop(out: Path, info, manifest: Path, model_config: ModelConfig, config: TrainConfig,
+                device: torch.device, quiet: bool) -> LoopSetup:  # fmt: skip
+    """Resume step, accelerate (one process, or `accelerate launch` for several) and the clip data."""
+    start_step = 0 if info is None else info.step
+    if start_step >= config.steps:
+        raise UsageError(f"{out} is already at step {start_step} >= --steps {config.steps}; pass more --steps.")
+    accelerator = make_accelerator(device, config)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    dataset = ClipDataset(manifest, model_config, config.tiers, quiet=quiet or rank > 0)
+    return LoopSetup(start_step, accelerator, accelerator.device, rank, world, dataset,
+                     WindowSampler(len(dataset), config.seed))  # fmt: skip

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+from pipelines.demo_data import DemoDataConfig, generate_demo_data
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging
 # Tests run tiny models: one intra-op thread avoids OpenMP oversubscription, which made them ~25x
@@ -17,3 +20,11 @@ torch.set_num_threads(1)
 def _no_debug_tracebacks(monkeypatch):
     """Tests see the user-facing one-line errors, whatever the caller's environment says."""
     monkeypatch.delenv("FADA_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory) -> Path:
+    """3 clean 1-s demo clips at 64 px, all tier A (which tier B includes); tests may add files beside it."""
+    folder = tmp_path_factory.mktemp("demo") / "data"
+    generate_demo_data(folder, DemoDataConfig(clips=3, identities=1, size=64, seconds=1.0, clean_fraction=1.0), True)
+    return folder / "manifest.parquet"

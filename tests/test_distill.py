@@ -16,20 +16,11 @@ from typer.testing import CliRunner
 from fada_cli.main import app
 from pipelines import fada_math
 from pipelines.checkpoint import load_checkpoint_info, save_checkpoint
-from pipelines.demo_data import DemoDataConfig, generate_demo_data
 from pipelines.model import FadaModel, build_student_from_teacher
 from pipelines.model_config import get_preset
 
 runner = CliRunner()
 FAST = ["--batch-size", "1", "--solver-steps", "5", "--device", "cpu", "--seed", "3", "--quiet", "--lr", "1e-3"]
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    """3 clean 1-s clips at 64 px (tier A, which tier B includes)."""
-    folder = tmp_path_factory.mktemp("demo") / "data"
-    generate_demo_data(folder, DemoDataConfig(clips=3, identities=1, size=64, seconds=1.0, clean_fraction=1.0), True)
-    return folder / "manifest.parquet"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from fada_cli.main import app
 from pipelines.checkpoint import load_checkpoint_info, save_checkpoint
-from pipelines.demo_data import DemoDataConfig, generate_demo_data
 from pipelines.manifest import read_manifest, write_manifest
 from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
@@ -25,14 +24,6 @@ from pipelines.model_config import get_preset
 runner = CliRunner()
 COMPONENTS = ("reference_unet", "denoising_unet", "temporal_layers", "audio_projection")
 TINY = ["--preset", "tiny", "--batch-size", "1", "--ema", "0.9", "--device", "cpu", "--seed", "3", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    """3 clean 1-s clips at 64 px (all tier A)."""
-    folder = tmp_path_factory.mktemp("demo") / "data"
-    generate_demo_data(folder, DemoDataConfig(clips=3, identities=1, size=64, seconds=1.0, clean_fraction=1.0), True)
-    return folder / "manifest.parquet"
 
 
 @pytest.fixture(scope="module")
