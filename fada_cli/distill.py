@@ -9,7 +9,21 @@ from typing import Annotated
 
 import typer
 
-from fada_cli.options import DeviceOption, JsonOption, QuietOption
+from fada_cli.options import (
+    AutocastDtypeOption,
+    BatchSizeOption,
+    CheckpointEveryOption,
+    DeviceOption,
+    EmaOption,
+    GradAccumOption,
+    JsonOption,
+    OverwriteOption,
+    QuietOption,
+    StepsOption,
+    TrainSeedOption,
+    tier_list,
+    training_overrides,
+)
 from pipelines.errors import UsageError
 
 Opt = typer.Option
@@ -61,19 +75,17 @@ def command(
     cfg_ref_range: Annotated[
         str | None, Opt("--cfg-ref-range", help="Fast mode: per-sample cfg_r drawn from LOW,HIGH \\[1,3].")
     ] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps in total \\[1000].")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Clips per process per micro-batch \\[4].")] = None,
+    steps: StepsOption = None,
+    batch_size: BatchSizeOption = None,
     lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-5].")] = None,
-    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per optimiser step \\[1].")] = None,
-    ema: Annotated[float | None, Opt("--ema", help="EMA decay of the weights, 0 = off \\[0].")] = None,
-    checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="Save every N steps \\[500].")] = None,
+    grad_accum: GradAccumOption = None,
+    ema: EmaOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the student checkpoint in --out exactly.")] = False,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing checkpoint in --out.")] = False,
+    overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
-    dtype: Annotated[
-        str | None, Opt("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 \\[fp32].")
-    ] = None,
-    seed: Annotated[int | None, Opt("--seed", help="Random seed; the same seed gives the same run \\[0].")] = None,
+    dtype: AutocastDtypeOption = None,
+    seed: TrainSeedOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -90,32 +102,19 @@ def command(
         fada distill --teacher runs/teacher --manifest curated/manifest.parquet --tier B --mode fast --out runs/student
     """
     from pipelines.checkpoint import load_checkpoint_info
-    from pipelines.devices import resolve_device, resolve_dtype
+    from pipelines.devices import resolve_device
     from pipelines.distill import STAGE, DistillConfig, distill, expand_tiers
-    from pipelines.training import MIXED_PRECISION
 
     # 1. the starting config: defaults for a new run, the checkpoint's on --resume
     torch_device = resolve_device(device)
-    given = {
-        "mode": mode,
-        "windows": windows,
-        "solver_steps": solver_steps,
-        "gt_weight": gt_weight,
-        "cfg_conditioning": cfg_conditioning,
-        "cfg_audio_range": _pair("--cfg-audio-range", cfg_audio_range),
-        "cfg_ref_range": _pair("--cfg-ref-range", cfg_ref_range),
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "grad_accum": grad_accum,
-        "ema": ema,
-        "checkpoint_every": checkpoint_every,
-        "seed": seed,
-        "tiers": None if tier is None else expand_tiers(tuple(t.strip() for t in tier.split(",") if t.strip())),
-    }
-    if dtype is not None:
-        given["mixed_precision"] = MIXED_PRECISION[resolve_dtype(dtype, torch_device)]
-    given = {k: v for k, v in given.items() if v is not None}
+    tiers = tier_list(tier)
+    given = training_overrides(
+        torch_device, dtype, None if tiers is None else expand_tiers(tiers), mode=mode, windows=windows,
+        solver_steps=solver_steps, gt_weight=gt_weight, cfg_conditioning=cfg_conditioning,
+        cfg_audio_range=_pair("--cfg-audio-range", cfg_audio_range),
+        cfg_ref_range=_pair("--cfg-ref-range", cfg_ref_range), steps=steps, batch_size=batch_size, lr=lr,
+        grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
+    )  # fmt: skip
     if resume:
         info = load_checkpoint_info(out, expect_stage=STAGE)
         config = dataclasses.replace(DistillConfig.from_dict(info.config["train"]), **given)

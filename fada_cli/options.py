@@ -13,3 +13,36 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same s
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs on stderr.")]
 ExistingFile = Annotated[Path, typer.Argument(help="An existing file.")]
+
+# Training options shared by train-teacher and distill; a bracketed default applies to a new run
+# (with --resume an option left out keeps the checkpoint's value). `\[` keeps Rich from reading
+# the brackets as markup.
+StepsOption = Annotated[int | None, typer.Option("--steps", help="Optimiser steps in total \\[1000].")]
+BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", help="Clips per process per micro-batch \\[4].")]
+GradAccumOption = Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimiser step \\[1].")]
+EmaOption = Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights, 0 = off \\[0].")]
+CheckpointEveryOption = Annotated[int | None, typer.Option("--checkpoint-every", help="Save every N steps \\[500].")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint in --out.")]
+AutocastDtypeOption = Annotated[
+    str | None,
+    typer.Option("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 \\[fp32]."),
+]
+TrainSeedOption = Annotated[
+    int | None, typer.Option("--seed", help="Random seed; the same seed gives the same run \\[0].")
+]
+
+
+def training_overrides(device, dtype: str | None, tiers: tuple[str, ...] | None, **given) -> dict:
+    """The `TrainConfig` fields given on the command line (None = not given), ``--dtype`` as its
+    autocast precision on ``device``."""
+    from pipelines.devices import resolve_dtype
+    from pipelines.training import MIXED_PRECISION
+
+    if dtype is not None:
+        given["mixed_precision"] = MIXED_PRECISION[resolve_dtype(dtype, device)]
+    return {k: v for k, v in (given | {"tiers": tiers}).items() if v is not None}
+
+
+def tier_list(text: str | None) -> tuple[str, ...] | None:
+    """'A,B' → ('A', 'B'); None stays None."""
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())

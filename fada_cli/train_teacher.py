@@ -9,7 +9,21 @@ from typing import Annotated
 
 import typer
 
-from fada_cli.options import DeviceOption, JsonOption, QuietOption
+from fada_cli.options import (
+    AutocastDtypeOption,
+    BatchSizeOption,
+    CheckpointEveryOption,
+    DeviceOption,
+    EmaOption,
+    GradAccumOption,
+    JsonOption,
+    OverwriteOption,
+    QuietOption,
+    StepsOption,
+    TrainSeedOption,
+    tier_list,
+    training_overrides,
+)
 from pipelines.errors import UsageError
 
 Opt = typer.Option
@@ -24,15 +38,15 @@ def command(
     preset: Annotated[
         str | None, Opt("--preset", help="Model preset: tiny, demo or sd15 (a new run defaults to demo).")
     ] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps in total \\[1000].")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Clips per process per micro-batch \\[4].")] = None,
+    steps: StepsOption = None,
+    batch_size: BatchSizeOption = None,
     lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-4].")] = None,
     frames: Annotated[int | None, Opt("--frames", help="F, frames per training clip \\[the preset's].")] = None,
-    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per optimiser step \\[1].")] = None,
-    ema: Annotated[float | None, Opt("--ema", help="EMA decay of the weights, 0 = off \\[0].")] = None,
-    checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="Save every N steps \\[500].")] = None,
+    grad_accum: GradAccumOption = None,
+    ema: EmaOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the checkpoint in --out exactly.")] = False,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing checkpoint in --out.")] = False,
+    overwrite: OverwriteOption = False,
     pretrained_sd: Annotated[
         Path | None, Opt("--pretrained-sd", help="Initialise both UNets (and VAE) from a diffusers SD1.5 folder.")
     ] = None,
@@ -40,10 +54,8 @@ def command(
         str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder \\[mel].")
     ] = None,
     device: DeviceOption = "auto",
-    dtype: Annotated[
-        str | None, Opt("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 \\[fp32].")
-    ] = None,
-    seed: Annotated[int | None, Opt("--seed", help="Random seed; the same seed gives the same run \\[0].")] = None,
+    dtype: AutocastDtypeOption = None,
+    seed: TrainSeedOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -60,9 +72,9 @@ def command(
     """
     from pipelines.audio import with_audio_encoder
     from pipelines.checkpoint import load_checkpoint_info
-    from pipelines.devices import resolve_device, resolve_dtype
+    from pipelines.devices import resolve_device
     from pipelines.model_config import ModelConfig, get_preset
-    from pipelines.train_teacher import MIXED_PRECISION, STAGE, TrainConfig, train_teacher
+    from pipelines.train_teacher import STAGE, TrainConfig, train_teacher
 
     # 1. the starting configs: a preset for a new run, the checkpoint's on --resume
     torch_device = resolve_device(device)
@@ -81,19 +93,11 @@ def command(
     if audio_encoder is not None:
         name, path = ("mel", None) if audio_encoder == "mel" else ("wav2vec2", audio_encoder)
         model_config = with_audio_encoder(model_config, name, path)
-    given = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "grad_accum": grad_accum,
-        "ema": ema,
-        "checkpoint_every": checkpoint_every,
-        "seed": seed,
-        "tiers": None if tier is None else tuple(t.strip() for t in tier.split(",") if t.strip()),
-    }
-    if dtype is not None:
-        given["mixed_precision"] = MIXED_PRECISION[resolve_dtype(dtype, torch_device)]
-    train_config = dataclasses.replace(train_config, **{k: v for k, v in given.items() if v is not None})
+    given = training_overrides(
+        torch_device, dtype, tier_list(tier), steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum,
+        ema=ema, checkpoint_every=checkpoint_every, seed=seed,
+    )  # fmt: skip
+    train_config = dataclasses.replace(train_config, **given)
 
     # 3. train
     result = train_teacher(
