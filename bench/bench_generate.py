@@ -42,6 +42,33 @@ SEED = 0  # weights, speech and noise
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def machine_info(rows: list[dict]) -> dict:
+    """Where the figures were measured: device, torch, CPU threads, platform, GPU name."""
+    return {
+        "device": rows[0]["device"] if rows else "",
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def parse_bench_arguments(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """--presets, --device, --dtype, --threads (applied here); unknown presets fail before any work."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--presets", default="tiny,demo", help="comma-separated model presets (tiny, demo, sd15)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    presets = [name.strip() for name in args.presets.split(",") if name.strip()]
+    for name in presets:
+        get_preset(name)
+    return args, presets
+
+
 def make_inputs(folder: Path) -> tuple[Path, Path]:
     """A demo-data portrait (identity 0 over its background) and 4 s of synthesised speech."""
     identity = demo_data.make_identity(0, PORTRAIT_SIZE)
@@ -112,13 +139,7 @@ def write_results(rows: list[dict]) -> Table:
         ]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
-    machine = {
-        "device": rows[0]["device"] if rows else "",
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+    machine = machine_info(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "generate.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     header = [
@@ -133,17 +154,7 @@ def write_results(rows: list[dict]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="tiny,demo", help="comma-separated model presets (tiny, demo, sd15)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    presets = [name.strip() for name in args.presets.split(",") if name.strip()]
-    for name in presets:
-        get_preset(name)  # unknown names fail before any work
+    args, presets = parse_bench_arguments(__doc__, argv)
     console.print(write_results(run(presets, args.device, args.dtype)))
     console.print(f"wrote {RESULTS / 'generate.json'} and {RESULTS / 'generate.md'}")
 

@@ -19,10 +19,8 @@ Writes bench/results/modes.json and bench/results/modes.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,7 +33,14 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_generate import AUDIO_SECONDS, SEED, make_inputs, make_teacher  # noqa: E402
+from bench_generate import (  # noqa: E402
+    AUDIO_SECONDS,
+    SEED,
+    machine_info,
+    make_inputs,
+    make_teacher,
+    parse_bench_arguments,
+)
 
 from pipelines.checkpoint import save_checkpoint  # noqa: E402
 from pipelines.devices import resolve_device, resolve_dtype  # noqa: E402
@@ -162,13 +167,7 @@ def write_results(rows: list[dict]) -> Table:
         ]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
-    machine = {
-        "device": rows[0]["device"] if rows else "",
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+    machine = machine_info(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "modes.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     header = [
@@ -190,15 +189,8 @@ def write_results(rows: list[dict]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="tiny,demo", help="comma-separated model presets (tiny, demo, sd15)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    rows = run([p.strip() for p in args.presets.split(",") if p.strip()], args.device, args.dtype)
+    args, presets = parse_bench_arguments(__doc__, argv)
+    rows = run(presets, args.device, args.dtype)
     console.print(write_results(rows))
     console.print(f"wrote {RESULTS / 'modes.json'} and {RESULTS / 'modes.md'}")
 
