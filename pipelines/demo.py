@@ -59,10 +59,11 @@ class DemoConfig:
     min_steps: int = 5  # the teacher trains at least this many steps, whatever the budget
     max_steps: int = 5000  # and at most this many
     batch_size: int = 2  # clip windows per training step
-    eval_clips: int | None = None  # held-out clips generated and evaluated per mode (None: 1 for tiny, 2 for demo)
+    eval_clips: int = 1  # held-out clips generated and evaluated per mode (a 3-s teacher video costs minutes)
     generate_steps: int | None = None  # DDIM steps of the teacher (None = its default, 25 → NFE 75)
     distill_lr: float = 1e-4  # AdamW learning rate of both students (short runs: larger than distill's default)
     distill_probe_steps: int = 2  # distillation steps timed per student before its budget is set
+    distill_solver_steps: int = 5  # teacher DDIM steps per PeRFlow window (distill's default 10 costs twice as much)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -125,7 +126,8 @@ def distill_student(out: Path, teacher: Path, mode: str, share_s: float, config:
     student = out / "students" / mode
     probe_steps = config.distill_probe_steps
     distill_config = DistillConfig(mode=mode, steps=probe_steps, batch_size=config.batch_size, lr=config.distill_lr,
-                                   seed=config.seed, checkpoint_every=10**6)  # fmt: skip
+                                   solver_steps=config.distill_solver_steps, seed=config.seed,
+                                   checkpoint_every=10**6)  # fmt: skip
     manifest = out / "curated" / "distill.parquet"
     probe = distill(teacher, manifest, student, distill_config, device, quiet=quiet)
     step_s = probe.seconds / probe.steps_this_run
@@ -187,7 +189,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), device: str = "cpu", 
             f"curate gave {int((train_rows['tier'] == 'A').sum())} tier-A training clips and {len(held_rows)} "
             f"held-out clips of {held_identity}; rerun with another --seed."
         )
-    held_rows = held_rows.head(config.eval_clips or (1 if config.preset == "tiny" else 2))
+    held_rows = held_rows.head(config.eval_clips)
     write_manifest(train_rows, out / "curated" / "train.parquet", "fada demo", {"held_out_identity": held_identity})
     distill_rows = train_rows[train_rows["tier"].isin(["A", "B"])]  # tier B holds tier A
     write_manifest(distill_rows, out / "curated" / "distill.parquet", "fada demo", {"held_out_identity": held_identity})
