@@ -214,6 +214,9 @@ def distill(
             last = _step_means(accelerator, records)
             seconds = elapsed + time.perf_counter() - began
             if step % config.log_every == 0 or step == config.steps:
+                if world > 1:  # every process's samples reach the per-sample log (a collective: all ranks call it)
+                    records = [{k: accelerator.gather(v) if torch.is_tensor(v) else v for k, v in r.items()}
+                               for r in records]  # fmt: skip
                 _write_logs(logs, step, records, last, lr, seconds)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_training_checkpoint(
