@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from fada_cli.options import DeviceOption, JsonOption, QuietOption, SeedOption
-from pipelines.demo import SUMMARY, DemoConfig, run_demo
 
 
 def _format(value: float | None, spec: str) -> str:
@@ -40,18 +39,16 @@ def command(
     out: Annotated[Path, typer.Option("--out", help="Run folder (new, empty, or a previous demo run).")] = Path(
         "demo_run"
     ),
-    minutes: Annotated[float, typer.Option("--minutes", help="Wall-clock budget; training gets what is left.")] = (
-        DemoConfig.minutes
-    ),
-    preset: Annotated[str, typer.Option("--preset", help="Model preset: demo (CPU minutes) or tiny (seconds).")] = (
-        DemoConfig.preset
-    ),
+    minutes: Annotated[float, typer.Option("--minutes", help="Wall-clock budget; training gets what is left.")] = 15.0,
+    preset: Annotated[
+        str, typer.Option("--preset", help="Model preset: demo (CPU minutes) or tiny (seconds).")
+    ] = "demo",
     generate_steps: Annotated[
         int | None,
         typer.Option("--generate-steps", help="Teacher DDIM steps; fewer is faster (the table shows the NFE)."),
     ] = None,
     device: DeviceOption = "cpu",
-    seed: SeedOption = DemoConfig.seed,
+    seed: SeedOption = 0,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -67,6 +64,8 @@ def command(
 
         fada demo --out demo_run --minutes 15
     """
+    from pipelines.demo import SUMMARY, DemoConfig, run_demo  # torch and diffusers: only when the demo runs
+
     summary = run_demo(
         out,
         DemoConfig(minutes=minutes, preset=preset, seed=seed, generate_steps=generate_steps),

@@ -97,3 +97,20 @@ def test_bracketed_defaults_survive_rich_markup():
     result = runner.invoke(app, ["distill", "--help"], env={"COLUMNS": "240"})
     assert result.exit_code == 0
     assert "[adaptive]" in result.output and "[tokens for fast, none for balanced]" in result.output
+
+
+def test_help_imports_no_model_code():
+    """`fada --help` stays fast: torch, diffusers and mediapipe load only when a command runs."""
+    code = "import sys, fada_cli.main; print(sorted({'torch', 'diffusers', 'mediapipe'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_demo_option_defaults_are_the_config_defaults():
+    from pipelines.demo import DemoConfig
+
+    result = runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "240"})
+    defaults = DemoConfig()
+    assert f"[default: {defaults.minutes}]" in result.output and f"[default: {defaults.preset}]" in result.output
+    assert f"[default: {defaults.seed}]" in result.output
