@@ -51,12 +51,12 @@ from pipelines.training import (
     check_out,
     make_ema,
     make_optimizer,
+    optimizer_step,
     restore_training_state,
     resumed_configs,
     save_training_checkpoint,
     set_up_loop,
     step_seed,
-    update_ema,
 )
 
 STAGE = "student"
@@ -203,14 +203,7 @@ def distill(
                         loss, record = distill_loss(student, teacher, batch, alphas_cumprod, generator, config)
                     accelerator.backward(loss / config.grad_accum)
                 records.append({"micro": micro, "loss": loss.detach().float(), **record})
-            if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(list(params.values()), config.max_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                update_ema(ema, params, config.ema)
+            lr = optimizer_step(accelerator, state, config)
             last = _step_means(accelerator, records)
             seconds = elapsed + time.perf_counter() - began
             if step % config.log_every == 0 or step == config.steps:

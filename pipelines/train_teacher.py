@@ -45,12 +45,12 @@ from pipelines.training import (
     check_out,
     make_ema,
     make_optimizer,
+    optimizer_step,
     restore_training_state,
     resumed_configs,
     save_training_checkpoint,
     set_up_loop,
     step_seed,
-    update_ema,
 )
 
 __all__ = ["MIXED_PRECISION", "MODE", "STAGE", "TB_DIR", "TrainConfig", "TrainResult", "step_seed", "train_teacher"]
@@ -139,14 +139,7 @@ def train_teacher(
                         loss = teacher_loss(model, batch, alphas_cumprod, generator, model_config)
                     accelerator.backward(loss / train_config.grad_accum)
                 micro_losses.append(loss.detach().float())
-            if train_config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(list(params.values()), train_config.max_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                update_ema(ema, params, train_config.ema)
+            lr = optimizer_step(accelerator, state, train_config)
             loss_value = float(accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean"))
             seconds = elapsed + time.perf_counter() - began
             if step % train_config.log_every == 0 or step == train_config.steps:

@@ -237,6 +237,22 @@ class TrainingState:
     sampler: object  # WindowSampler (data-stream position)
 
 
+def optimizer_step(accelerator: Accelerator, state: TrainingState, config: TrainConfig) -> float:
+    """Clip the gradients, step the optimiser and the LR schedule, zero the gradients, update the EMA.
+
+    Returns the learning rate the step used.
+    """
+    if config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(list(state.params.values()), config.max_grad_norm)
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        update_ema(state.ema, state.params, config.ema)
+    return lr
+
+
 def save_training_checkpoint(
     accelerator, out: Path, logs: TrainLogs, state: TrainingState, unwrap, seconds: float, **record
 ) -> None:
