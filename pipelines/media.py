@@ -189,6 +189,13 @@ def iter_video(path: str | Path, start_s: float | None = None, end_s: float | No
             yield frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
 
 
+def _window_text(start_s: float | None, end_s: float | None) -> str:
+    """How a message names the requested time window: 'at all' when none was asked for."""
+    if start_s is None and end_s is None:
+        return "at all"
+    return f"between {0.0 if start_s is None else start_s} s and {'the end' if end_s is None else f'{end_s} s'}"
+
+
 def read_video(path: str | Path, start_s: float | None = None, end_s: float | None = None) -> tuple[np.ndarray, float]:
     """Decode a video's frames in [start_s, end_s) as ``(T, H, W, 3)`` RGB uint8, and its fps."""
     path = Path(path)
@@ -196,8 +203,8 @@ def read_video(path: str | Path, start_s: float | None = None, end_s: float | No
     frames = list(iter_video(path, start_s, end_s))
     if not frames:
         raise MediaError(
-            f"no frames in {path} between start_s={start_s} and end_s={end_s} "
-            f"(video is {info.duration_s:.2f} s); pick a window inside the video."
+            f"no frames in {path} {_window_text(start_s, end_s)} (video is {info.duration_s:.2f} s); "
+            "pick a window inside the video or re-export the file."
         )
     return np.stack(frames), info.fps  # (T, H, W, 3)
 
@@ -235,8 +242,8 @@ def _decode_audio_track(path: Path, start_s: float | None, end_s: float | None) 
     last = min(last, max((start + len(samples) for start, samples in chunks), default=first))
     if last <= first:
         raise MediaError(
-            f"the audio track of {path} holds no samples between start_s={start_s} and end_s={end_s}; "
-            "pick a window inside the file."
+            f"the audio track of {path} holds no samples {_window_text(start_s, end_s)}; "
+            "pick a window inside the file or pass a recording with sound."
         )
     audio = np.zeros(max(0, last - first), dtype=np.float32)  # (n,) window [first, last)
     for start, samples in chunks:
@@ -266,7 +273,8 @@ def read_audio(
         audio = data.mean(axis=1)  # (n, channels) -> (n,)
         if audio.size == 0:
             raise MediaError(
-                f"{path} holds no samples between start_s={start_s} and end_s={end_s}; pick a window inside the file."
+                f"{path} holds no samples {_window_text(start_s, end_s)}; "
+                "pick a window inside the file or pass a recording with sound."
             )
     else:
         audio, native_sr = _decode_audio_track(path, start_s, end_s)

@@ -169,7 +169,7 @@ def test_empty_or_too_short_audio_is_an_error(teacher, inputs, tmp_path):
     empty = tmp_path / "empty.wav"
     sf.write(empty, np.zeros(0, dtype=np.float32), 16_000)
     out = tmp_path / "talk.mp4"
-    _assert_clean_error(_generate(teacher, inputs[0], empty, out), out, f"{empty} holds no samples")
+    _assert_clean_error(_generate(teacher, inputs[0], empty, out), out, f"{empty} holds no samples at all")
     blip = _write_speech(tmp_path / "blip.wav", 0.01)  # 10 ms: less than one 40 ms video frame
     _assert_clean_error(_generate(teacher, inputs[0], blip, out), out, "lasts 0.010 s, shorter than one video frame")
 

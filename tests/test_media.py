@@ -108,7 +108,7 @@ def test_window_late_in_a_longer_file_seeks_correctly(tmp_path):
     assert abs(click_time(audio) - (110 / FPS - 4.0)) <= 0.040
     frames, _ = read_video(path, start_s=4.0, end_s=4.4)
     np.testing.assert_allclose(frames[:, 8, 8, 0].astype(float), np.arange(100, 110) * 6 % 256, atol=6)
-    with pytest.raises(MediaError, match="no samples between start_s=7.0"):
+    with pytest.raises(MediaError, match="no samples between 7.0 s and 8.0 s"):
         read_audio(path, start_s=7.0, end_s=8.0)
 
 
@@ -141,7 +141,7 @@ def test_read_audio_resamples_to_16k_mono(tmp_path, suffix, fmt, subtype, sr, ch
     assert np.abs(audio[2000:-2000]).max() == pytest.approx(expected_amplitude, rel=0.05)
     window = read_audio(path, start_s=0.25, end_s=0.75)
     assert abs(len(window) - AUDIO_SR // 2) <= 2
-    with pytest.raises(MediaError, match="no samples between start_s=2"):
+    with pytest.raises(MediaError, match="no samples between 2 s and 3 s"):
         read_audio(path, start_s=2, end_s=3)
 
 
