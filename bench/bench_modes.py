@@ -44,7 +44,7 @@ from bench_generate import (  # noqa: E402
 
 from pipelines.checkpoint import save_checkpoint  # noqa: E402
 from pipelines.devices import resolve_device, resolve_dtype  # noqa: E402
-from pipelines.generate import GenerateConfig, checkpoint_strategy, generate  # noqa: E402
+from pipelines.generate import GenerateConfig, generate  # noqa: E402
 from pipelines.model import FadaModel, build_student_from_teacher  # noqa: E402
 from pipelines.progress import console  # noqa: E402
 
@@ -108,8 +108,7 @@ def run(presets: list[str], device_name: str, dtype_name: str) -> list[dict]:
             preset_rows = {}
             for mode in ORDER:
                 checkpoint = checkpoints[mode]
-                cfg_ref = checkpoint_strategy(checkpoint).default_cfg_ref
-                warm = GenerateConfig(steps=4 if mode != "teacher" else 1, seed=SEED, cfg_ref=cfg_ref)
+                warm = GenerateConfig(steps=4 if mode != "teacher" else 1, seed=SEED)
                 generate(checkpoint, image, audio, folder / f"warmup-{preset}-{mode}.mp4", warm, device, dtype, True)
                 console.print(f"generating {AUDIO_SECONDS:.0f} s with the {preset} {mode} model on {device}…")
                 with timed_networks(device) as net_seconds:
@@ -118,7 +117,7 @@ def run(presets: list[str], device_name: str, dtype_name: str) -> list[dict]:
                         image,
                         audio,
                         folder / f"{preset}-{mode}.mp4",
-                        GenerateConfig(seed=SEED, cfg_ref=cfg_ref),
+                        GenerateConfig(seed=SEED),
                         device,
                         dtype,
                         quiet=True,

@@ -30,7 +30,7 @@ import torch
 from filters import sync
 from filters.base import analyse_clip
 from pipelines import faces
-from pipelines.generate import GenerateConfig, checkpoint_strategy, generate
+from pipelines.generate import GenerateConfig, generate
 from pipelines.media import AUDIO_SR, VIDEO_FPS, read_audio, read_video, write_audio
 
 MESH_SIZE = 256  # generated frames are upscaled to this side before the face mesh runs
@@ -81,7 +81,7 @@ def main() -> None:
     speech = read_audio(args.speech)
     silence_path = args.out / "silence.wav"
     write_audio(silence_path, np.zeros_like(speech))
-    config = GenerateConfig(steps=args.steps, cfg_ref=checkpoint_strategy(args.checkpoint).default_cfg_ref)
+    config = GenerateConfig(steps=args.steps)  # the checkpoint's own default scales
     report: dict[str, dict] = {}
     for name, audio_path in (("speech_driven", args.speech), ("silence_driven", silence_path)):
         video = args.out / f"{name}.mp4"

@@ -62,10 +62,7 @@ def command(
 
         fada generate --checkpoint runs/teacher --image face.png --audio speech.wav -o out/talk.mp4
     """
-    from pipelines.generate import GenerateConfig, checkpoint_strategy, generate, stats_path  # heavy: on use
-
-    if cfg_ref is None:
-        cfg_ref = checkpoint_strategy(checkpoint).default_cfg_ref
+    from pipelines.generate import GenerateConfig, generate, stats_path  # heavy: imported on use
 
     config = GenerateConfig(
         steps=steps,

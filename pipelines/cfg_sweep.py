@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipelines.errors import UsageError
 from pipelines.evaluate import EvalConfig, EvalReport, evaluate, list_videos
-from pipelines.generate import GenerateConfig, GenerationStats, generate
+from pipelines.generate import TEACHER_DDIM, GenerateConfig, GenerationStats, checkpoint_strategy, generate
 from pipelines.media import read_video
 from pipelines.progress import log
 
@@ -37,7 +37,7 @@ class SweepConfig:
 
     audio_scales: tuple[float, ...] = (1.0, 3.5, 6.5, 9.0)  # cfg_a values (cfg_r fixed at generate's default)
     ref_scales: tuple[float, ...] = (1.0, 1.5, 2.5, 3.5)  # cfg_r values (cfg_a fixed at generate's default)
-    generate: GenerateConfig = GenerateConfig(crop=False)  # steps, seed and the fixed default scales
+    generate: GenerateConfig = GenerateConfig(crop=False, cfg_ref=TEACHER_DDIM.default_cfg_ref)  # fixed scales
     max_videos: int | None = None  # use at most this many held-out clips (None = all)
 
     def __post_init__(self) -> None:
@@ -116,6 +116,10 @@ def run_cfg_sweep(checkpoint: Path, reference: Path, out_dir: Path, config: Swee
     eval_config = EvalConfig(iqa_metric=None) if eval_config is None else eval_config
     # 1. the held-out set
     clips = held_out_clips(Path(reference), image, out_dir, config.max_videos)
+    if config.generate.cfg_ref is None:  # the fixed reference scale of the audio axis: the checkpoint's default
+        config = replace(
+            config, generate=replace(config.generate, cfg_ref=checkpoint_strategy(checkpoint).default_cfg_ref)
+        )
     # 2.–3. every grid point: generate (once per distinct scale pair), evaluate
     done: dict[tuple[float, float], dict] = {}
     rows = []

@@ -230,8 +230,8 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), device: str = "cpu", 
     # 5.–6. generate the held-out clips per mode, evaluate against them
     modes = {}
     for mode, checkpoint in checkpoints.items():
-        gen_config = GenerateConfig(steps=config.generate_steps if mode == "teacher" else None, seed=config.seed,
-                                    cfg_ref=2.0 if mode == "fast" else 2.5, crop=False)  # fmt: skip
+        steps = config.generate_steps if mode == "teacher" else None  # students: their own 6 steps
+        gen_config = GenerateConfig(steps=steps, seed=config.seed, crop=False)
         stats = generate_set(checkpoint, clips, out / "generated" / mode, gen_config, torch_device, "fp32", quiet)
         report = evaluate(out / "generated" / mode, out / "curated" / "held_out.parquet", out / "eval" / mode,
                           EvalConfig(iqa_metric=None), quiet=quiet)  # fmt: skip

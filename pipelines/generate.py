@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines import fada_math, media
 from pipelines.audio import frame_audio_features
-from pipelines.checkpoint import load_checkpoint_info
+from pipelines.checkpoint import CheckpointInfo, load_checkpoint_info
 from pipelines.devices import resolve_device, resolve_dtype
 from pipelines.errors import CheckpointError, InputFileError, MediaError, UsageError
 from pipelines.faces import detect_faces, square_crop_box
@@ -48,7 +48,7 @@ class GenerateConfig:
 
     steps: int | None = None  # sampler steps; None = the strategy's default (25 DDIM steps for a teacher)
     cfg_audio: float = 6.5  # multi-CFG audio scale cfg_a (Eq. 9)
-    cfg_ref: float = 2.5  # multi-CFG reference scale cfg_r (Eq. 9); 2.0 for a CFG-distilled student
+    cfg_ref: float | None = None  # reference scale cfg_r (Eq. 9/10); None = the strategy's (2.5; 2.0 fast student)
     seed: int = 0  # seeds the initial noise of every clip (drawn on CPU, so devices agree)
     frames_per_clip: int | None = None  # F; None = the model config's frames_per_clip
     motion_frames: int | None = None  # M; None = the model config's motion_frames
@@ -148,11 +148,11 @@ def strategy_for(stage: str, mode: str, checkpoint: Path, windows: int = 4) -> S
     )
 
 
-def checkpoint_strategy(checkpoint: str | Path) -> SamplingStrategy:
-    """`strategy_for` of the checkpoint folder (its stage, mode and PeRFlow windows)."""
-    info = load_checkpoint_info(checkpoint)
+def checkpoint_strategy(checkpoint: str | Path | CheckpointInfo) -> SamplingStrategy:
+    """`strategy_for` of a checkpoint folder or its loaded info (its stage, mode and PeRFlow windows)."""
+    info = checkpoint if isinstance(checkpoint, CheckpointInfo) else load_checkpoint_info(checkpoint)
     windows = int(info.config.get("train", {}).get("windows", 4)) if info.stage == "student" else 4
-    return strategy_for(info.stage, info.mode, Path(checkpoint), windows)
+    return strategy_for(info.stage, info.mode, Path(info.path), windows)
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -292,11 +292,13 @@ def generate(
 
     # 1. check inputs: checkpoint stage → strategy, portrait, speech, model
     info = load_checkpoint_info(checkpoint)
-    strategy = checkpoint_strategy(checkpoint)
+    strategy = checkpoint_strategy(info)
     portrait_rgb = read_portrait(image)
     speech = read_speech(audio, quiet)
     model = FadaModel.from_checkpoint(checkpoint, expect_stage=info.stage, device=device, dtype=dtype)
     model.eval()
+    if config.cfg_ref is None:
+        config = replace(config, cfg_ref=strategy.default_cfg_ref)
     steps, frames_per_clip, motion_frames = check_config(config, model, strategy)
     scheduler = strategy.make_scheduler(steps)
     portrait = crop_portrait(portrait_rgb, model.config.sample_size, config.crop, config.crop_scale, image)
