@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,11 @@ def manifest(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("demo") / "data"
     generate_demo_data(folder, DemoDataConfig(clips=3, identities=1, size=64, seconds=1.0, clean_fraction=1.0), True)
     return folder / "manifest.parquet"
+
+
+def launch_two_processes(*fada_args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` of ``fada <fada_args>`` in 2 CPU processes (gloo), one thread each."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fada_cli.main"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([*command, *fada_args], capture_output=True, text=True, env=env, timeout=600)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_two_processes
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -138,12 +136,10 @@ def test_logs_histogram_and_resume_equals_uninterrupted(teacher, manifest, tmp_p
 @pytest.mark.slow
 def test_two_process_accelerate_distill(teacher, manifest, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fada_cli.main"]
-    command += ["distill", "--teacher", str(teacher), "--manifest", str(manifest), "--out", str(out)]
-    command += ["--steps", "2", *FAST, "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    done = launch_two_processes(
+        "distill", "--teacher", str(teacher), "--manifest", str(manifest), "--out", str(out), "--steps", "2", *FAST,
+        "--json",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["processes"] == 2 and summaries[0]["steps"] == 2
