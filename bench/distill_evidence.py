@@ -63,6 +63,7 @@ def distill_variant(args, name: str) -> Path:
     command = [sys.executable, "-m", "fada_cli.main", "distill", "--teacher", str(args.teacher)]
     command += ["--manifest", str(args.manifest), "--tier", "B", "--out", str(out), *VARIANTS[name]]
     command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
+    command += ["--solver-steps", str(args.solver_steps)]
     command += ["--checkpoint-every", str(max(1, args.steps // 4)), "--device", "cpu", "--seed", str(args.seed)]
     command += ["--resume"] if done else []
     _run(command, args.out / "logs" / f"distill_{name}.log")
@@ -108,6 +109,7 @@ def write_table(rows: dict[str, dict], args, path: Path) -> None:
         "# distill_evidence: teacher vs students, and the ablations",
         "",
         f"Teacher `{args.teacher}`; students distilled {args.steps} steps each (batch {args.batch_size}, lr {args.lr},"
+        f" {args.solver_steps} teacher solver steps per window,"
         f" seed {args.seed}, tier B) on `{args.manifest}`; held-out portrait `{args.image}`; held-out speech "
         f"{', '.join(f'`{s.name}`' for s in args.speech)}. CPU, one thread per job, {args.jobs} jobs at once "
         f"({platform.platform()}).",
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=60, help="distillation steps per student")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--solver-steps", type=int, default=10, help="teacher DDIM steps per window")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--jobs", type=int, default=2, help="subprocesses at once (one torch thread each)")
@@ -157,11 +160,19 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := sorted(set(variants) - set(VARIANTS)):
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
 
+    def student_evidence(name: str) -> list[dict]:
+        checkpoint = distill_variant(args, name)
+        return [evidence(args, name, checkpoint, speech) for speech in args.speech]
+
+    # The teacher's videos (the slowest work) start beside the first distillations.
     with ThreadPoolExecutor(args.jobs) as pool:
-        students = dict(zip(variants, pool.map(lambda name: distill_variant(args, name), variants), strict=True))
-        models = {"teacher": args.teacher} | students
-        pairs = [(model, speech) for model in models for speech in args.speech]
-        results = list(pool.map(lambda pair: evidence(args, pair[0], models[pair[0]], pair[1]), pairs))
+        teacher_runs = [pool.submit(evidence, args, "teacher", args.teacher, speech) for speech in args.speech]
+        student_runs = {name: pool.submit(student_evidence, name) for name in variants}
+        by_model = {"teacher": [run.result() for run in teacher_runs]}
+        by_model |= {name: run.result() for name, run in student_runs.items()}
+    models = {"teacher": args.teacher} | {name: args.out / "students" / name for name in variants}
+    pairs = [(model, speech) for model in models for speech in args.speech]
+    results = [result for model in models for result in by_model[model]]
 
     rows: dict[str, dict] = {}
     for model, checkpoint in models.items():
