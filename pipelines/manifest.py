@@ -43,6 +43,7 @@ REQUIRED_COLUMNS: dict[str, str] = {
 # Columns written by `fada curate` (NaN where a scorer could not run, the reason in `notes`).
 SCORE_COLUMNS: dict[str, str] = {
     "face_frac": "float64",  # fraction of frames with a detected face
+    "face_multi_frac": "float64",  # fraction of frames with more than one face
     "face_size": "float64",  # median face box side / frame side
     "sync_offset": "float64",  # SyncNet AV offset (frames; positive = video lags audio)
     "sync_conf": "float64",  # SyncNet confidence (LSE-C)
@@ -54,8 +55,11 @@ SCORE_COLUMNS: dict[str, str] = {
     "iqa": "float64",  # image quality score of `iqa_metric`
     "iqa_metric": "str",  # which IQA metric produced `iqa`
     "sharpness": "float64",  # Laplacian variance sharpness
+    "brisque": "float64",  # OpenCV BRISQUE (lower is better; NaN without its model files)
     "bg_instability": "float64",  # background instability measure
+    "bg_noise": "float64",  # temporal noise sigma of the background (grey levels)
     "tier": "str",  # A | B | reject
+    "tier_reason": "str",  # which threshold decided the tier
     "reject_reason": "str",  # why a clip was rejected ("" otherwise)
     "notes": "str",  # why a scorer gave NaN, free text
 }

@@ -14,7 +14,7 @@ from fada_cli.main import app
 from filters.base import ScoringSettings
 from pipelines import curate, media
 from pipelines.demo_data import DemoDataConfig, generate_demo_data
-from pipelines.manifest import REQUIRED_COLUMNS, read_manifest
+from pipelines.manifest import KNOWN_COLUMNS, REQUIRED_COLUMNS, read_manifest
 
 runner = CliRunner()
 CURATE_ARGS = ["--size", "64", "--iqa-metric", "none", "--json", "--quiet"]
@@ -67,6 +67,13 @@ def test_talking_clip_is_scored_and_passed_through(interrupted_then_resumed, raw
     assert row.face_frac == 1.0 and row.sharpness > 50
     assert (out / row.video_path).read_bytes() == (raw_videos[1] / "talk" / "demo_0000.mp4").read_bytes()
     assert "no --syncnet-weights" in row.notes and np.isnan(row.sync_dist)
+
+
+def test_every_curate_column_is_declared_with_its_dtype(interrupted_then_resumed):
+    _, _, manifest, _ = interrupted_then_resumed
+    assert set(manifest.columns) <= set(KNOWN_COLUMNS), sorted(set(manifest.columns) - set(KNOWN_COLUMNS))
+    for name in manifest.columns:
+        assert str(manifest[name].dtype) == KNOWN_COLUMNS[name], name
 
 
 def test_resume_adds_only_missing_clips(interrupted_then_resumed):
