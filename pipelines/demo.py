@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from filters.base import ScoringSettings
 from pipelines.cfg_sweep import HeldOutClip, generate_set, metric_values
@@ -97,13 +97,14 @@ def contact_sheet(portrait: np.ndarray, rows: dict[str, np.ndarray], columns: in
     label_w = 90
     sheet = Image.new("RGB", (label_w + (columns + 1) * tile, tile * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=13)  # Pillow's scalable font (its bitmap default drops spaces)
     for r, (label, frames) in enumerate(rows.items()):
         picks = np.linspace(0, len(frames) - 1, columns).round().astype(int)
         tiles = [portrait, *(frames[i] for i in picks)]
         for c, image in enumerate(tiles):
             resized = Image.fromarray(image).resize((tile, tile), Image.Resampling.NEAREST)
             sheet.paste(resized, (label_w + c * tile, r * tile))
-        draw.text((4, r * tile + tile // 2 - 6), label, fill="black")
+        draw.text((4, r * tile + tile // 2 - 7), label, fill="black", font=font)
     return np.asarray(sheet)
 
 
