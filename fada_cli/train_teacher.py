@@ -50,6 +50,17 @@ def command(
     pretrained_sd: Annotated[
         Path | None, Opt("--pretrained-sd", help="Initialise both UNets (and VAE) from a diffusers SD1.5 folder.")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        Opt("--init-from", help="Start a new run from the weights of this teacher checkpoint (fine-tuning)."),
+    ] = None,
+    loss_weighting: Annotated[
+        str | None,
+        Opt(
+            "--loss-weighting",
+            help="eps (plain ε-MSE) or truncated-snr (× max(1, 1/SNR_t), for small models in pixel space) \\[eps].",
+        ),
+    ] = None,
     audio_encoder: Annotated[
         str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder \\[mel].")
     ] = None,
@@ -66,26 +77,31 @@ def command(
     --resume, options left out keep the checkpoint's values (only --steps and --checkpoint-every may
     change). Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m fada_cli.main train-teacher ...`.
 
-    Example:
+    Examples:
 
         fada train-teacher --manifest demo/manifest.parquet --tier A --preset demo --out runs/teacher --steps 2000
+
+        fada train-teacher --manifest demo/manifest.parquet --init-from runs/teacher --out runs/teacher-snr
+        --loss-weighting truncated-snr --steps 1000
     """
     from pipelines.audio import with_audio_encoder
     from pipelines.checkpoint import load_checkpoint_info
     from pipelines.devices import resolve_device
     from pipelines.model_config import ModelConfig, get_preset
-    from pipelines.train_teacher import STAGE, TrainConfig, train_teacher
+    from pipelines.train_teacher import STAGE, TeacherTrainConfig, train_teacher
 
-    # 1. the starting configs: a preset for a new run, the checkpoint's on --resume
+    # 1. the starting configs: a preset for a new run, the checkpoint's on --resume, the starting
+    # teacher's model config with --init-from
     torch_device = resolve_device(device)
-    if resume:
-        info = load_checkpoint_info(out, expect_stage=STAGE)
+    if resume or init_from is not None:
+        source = out if resume else init_from
+        info = load_checkpoint_info(source, expect_stage=STAGE)
         model_config = ModelConfig.from_dict(info.config["model"])
-        train_config = TrainConfig.from_dict(info.config["train"])
+        train_config = TeacherTrainConfig.from_dict(info.config["train"]) if resume else TeacherTrainConfig()
         if preset is not None and preset != model_config.preset:
-            raise UsageError(f"--preset {preset} differs from the checkpoint's {model_config.preset!r}; drop --preset.")
+            raise UsageError(f"--preset {preset} differs from {source}'s {model_config.preset!r}; drop --preset.")
     else:
-        model_config, train_config = get_preset(preset or "demo"), TrainConfig()
+        model_config, train_config = get_preset(preset or "demo"), TeacherTrainConfig()
 
     # 2. options given on the command line override them
     if frames is not None:
@@ -95,13 +111,13 @@ def command(
         model_config = with_audio_encoder(model_config, name, path)
     given = training_overrides(
         torch_device, dtype, tier_list(tier), steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum,
-        ema=ema, checkpoint_every=checkpoint_every, seed=seed,
+        ema=ema, checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting,
     )  # fmt: skip
     train_config = dataclasses.replace(train_config, **given)
 
     # 3. train
     result = train_teacher(
-        manifest, out, model_config, train_config, torch_device, resume, overwrite, pretrained_sd, quiet
+        manifest, out, model_config, train_config, torch_device, resume, overwrite, pretrained_sd, quiet, init_from
     )
     summary = {
         "checkpoint": str(result.checkpoint),

@@ -7,6 +7,18 @@ z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the SD1.5 schedule (`schedulers.ad
 regress the model's ε on the true ε (MSE); then clip gradients, step AdamW and the LR schedule,
 update the EMA.
 
+Loss weighting (``loss_weighting``): ``eps`` is the plain ε-MSE of SPEC §3–4 (the default).
+``truncated-snr`` multiplies each sample's ε-MSE by max(1, 1/SNR_t), SNR_t = ᾱ_t/(1−ᾱ_t) —
+the "truncated SNR" weighting of Salimans & Ho (2022, Progressive Distillation, §4), i.e.
+max(SNR_t, 1)·‖x_0 − x̂_0‖². The prediction stays ε and the schedule SD1.5's; only the weight
+changes. Why it exists: with the plain loss the error allowed at high t is tiny in ε but
+amplified by 1/SNR_t (≈ 140× at t = 961) in the x_0 the sampler starts from, and a small model
+trained briefly in pixel space (the demo preset) fits ε there without learning x_0 (measured in
+`bench/results/evidence_demo_teacher_students.md`).
+
+``--init-from`` starts a new run (step 0, fresh optimiser) from another teacher checkpoint's
+weights — to fine-tune a teacher on other data or with another loss weighting.
+
 Everything random about step s (clip windows, t, ε, dropout) comes from generators seeded by
 (seed, s, process), and the data stream is a position counter, so ``--resume`` from a checkpoint
 replays the uninterrupted run exactly. Multi-GPU runs go through `accelerate` (``accelerate
@@ -53,9 +65,46 @@ from pipelines.training import (
     step_seed,
 )
 
-__all__ = ["MIXED_PRECISION", "MODE", "STAGE", "TB_DIR", "TrainConfig", "TrainResult", "step_seed", "train_teacher"]
+__all__ = [
+    "LOSS_WEIGHTINGS",
+    "MIXED_PRECISION",
+    "MODE",
+    "STAGE",
+    "TB_DIR",
+    "TeacherTrainConfig",
+    "TrainConfig",
+    "TrainResult",
+    "loss_weights",
+    "step_seed",
+    "train_teacher",
+]
 
 STAGE = MODE = "teacher"
+LOSS_WEIGHTINGS = ("eps", "truncated-snr")
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig(TrainConfig):
+    loss_weighting: str = "eps"  # eps (plain ε-MSE, SPEC) | truncated-snr (× max(1, 1/SNR_t))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            valid = " or ".join(LOSS_WEIGHTINGS)
+            raise UsageError(f"--loss-weighting {self.loss_weighting!r} is not valid; use {valid}.")
+
+
+def loss_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Per-sample weights of the ε-MSE at timesteps ``t`` (B,): 1 for ``eps``; max(1, (1−ᾱ_t)/ᾱ_t)
+    for ``truncated-snr`` (Salimans & Ho 2022, §4)."""
+    if weighting == "eps":
+        return torch.ones_like(t, dtype=torch.float32)
+    if weighting == "truncated-snr":
+        alpha_bar = alphas_cumprod[t].float()
+        return torch.clamp((1.0 - alpha_bar) / alpha_bar, min=1.0)
+    raise UsageError(f"loss weighting {weighting!r} is not valid; use {' or '.join(LOSS_WEIGHTINGS)}.")
+
+
 LOG_FILE = "train_log.csv"
 LOG_COLUMNS = ("step", "loss", "lr", "seconds")
 
@@ -84,12 +133,25 @@ def train_teacher(
     overwrite: bool = False,
     pretrained_sd: str | Path | None = None,
     quiet: bool = False,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train (or resume training) the teacher on ``manifest`` and write checkpoints to ``out``."""
+    """Train (or resume training) the teacher on ``manifest`` and write checkpoints to ``out``.
+
+    ``init_from``: a teacher checkpoint whose weights a new run starts from (its model config
+    must equal ``model_config``).
+    """
     out, manifest = Path(out), Path(manifest)
+    if not isinstance(train_config, TeacherTrainConfig):
+        train_config = TeacherTrainConfig.from_dict(train_config.to_dict())
     # 1. check the output folder and, on --resume, the checkpoint in it
-    if resume and (overwrite or pretrained_sd is not None):
-        raise UsageError("--resume continues the checkpoint in --out; drop --overwrite and --pretrained-sd.")
+    if resume and (overwrite or pretrained_sd is not None or init_from is not None):
+        raise UsageError(
+            "--resume continues the checkpoint in --out; drop --overwrite, --pretrained-sd and --init-from."
+        )
+    if init_from is not None and pretrained_sd is not None:
+        raise UsageError("--init-from and --pretrained-sd both give starting weights; pass one of them.")
+    if init_from is not None and Path(init_from).absolute() == out.absolute():
+        raise UsageError(f"--init-from {init_from} is the --out folder; to continue it use --resume.")
     info = check_out(out, resume, overwrite, STAGE)
     if info is not None:
         model_config, train_config = resumed_configs(info, model_config, train_config, manifest)
@@ -103,6 +165,13 @@ def train_teacher(
     # 4. model, optimiser, LR schedule, EMA (restored exactly on --resume)
     if info is not None:
         model = FadaModel.from_checkpoint(out, expect_stage=STAGE)
+    elif init_from is not None:
+        model = FadaModel.from_checkpoint(init_from, expect_stage=STAGE)
+        if model.config != model_config:
+            diff = [k for k, v in model.config.to_dict().items() if model_config.to_dict()[k] != v]
+            raise UsageError(
+                f"--init-from {init_from}: its model options differ in {diff}; drop the options that change them."
+            )
     elif pretrained_sd is not None:
         model = FadaModel.from_pretrained_sd(model_config, pretrained_sd)
     else:
@@ -121,6 +190,9 @@ def train_teacher(
     alphas_cumprod = sd15_alphas_cumprod(torch.float32).to(device)
     mhash = manifest_hash(manifest)
     config_record = {"model": model_config.to_dict(), "train": train_config.to_dict()}
+    started_from = str(init_from) if init_from is not None else (info.config.get("init_from") if info else None)
+    if started_from is not None:
+        config_record["init_from"] = started_from  # provenance: the weights step 0 started from
 
     # 5. the loop
     logs = TrainLogs(out, start_step, accelerator.is_main_process, {LOG_FILE: LOG_COLUMNS})
@@ -136,7 +208,9 @@ def train_teacher(
                 syncing = micro == train_config.grad_accum - 1
                 with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
                     with accelerator.autocast():
-                        loss = teacher_loss(model, batch, alphas_cumprod, generator, model_config)
+                        loss = teacher_loss(
+                            model, batch, alphas_cumprod, generator, model_config, train_config.loss_weighting
+                        )
                     accelerator.backward(loss / train_config.grad_accum)
                 micro_losses.append(loss.detach().float())
             lr = optimizer_step(accelerator, state, train_config)
@@ -179,8 +253,11 @@ def train_teacher(
     )
 
 
-def teacher_loss(model, batch: dict, alphas_cumprod, generator: torch.Generator, config: ModelConfig) -> torch.Tensor:
-    """ε-prediction DDPM loss of one micro-batch with condition dropout (SPEC §3, §4 schedule)."""
+def teacher_loss(
+    model, batch: dict, alphas_cumprod, generator: torch.Generator, config: ModelConfig, weighting: str = "eps"
+) -> torch.Tensor:
+    """ε-prediction DDPM loss of one micro-batch with condition dropout (SPEC §3, §4 schedule),
+    each sample's MSE weighted by `loss_weights` (1 for the default ``eps``)."""
     unwrapped = getattr(model, "module", model)
     with torch.no_grad():
         z0 = unwrapped.encode_images(batch["frames"])  # (B, F, C, h, w)
@@ -196,4 +273,7 @@ def teacher_loss(model, batch: dict, alphas_cumprod, generator: torch.Generator,
     pred = model(
         noisy, t.float(), reference_latent, motion_latents, batch["audio_features"], drop_audio, drop_reference
     )
-    return F.mse_loss(pred.float(), eps)
+    if weighting == "eps":
+        return F.mse_loss(pred.float(), eps)
+    per_sample = (pred.float() - eps).pow(2).flatten(1).mean(dim=1)  # (B,)
+    return (loss_weights(t, alphas_cumprod, weighting) * per_sample).mean()

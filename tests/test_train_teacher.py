@@ -15,9 +15,12 @@ from typer.testing import CliRunner
 
 from fada_cli.main import app
 from pipelines.checkpoint import load_checkpoint_info, save_checkpoint
+from pipelines.errors import UsageError
 from pipelines.manifest import read_manifest, write_manifest
 from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
+from pipelines.schedulers import sd15_alphas_cumprod
+from pipelines.train_teacher import loss_weights, teacher_loss
 
 runner = CliRunner()
 COMPONENTS = ("reference_unet", "denoising_unet", "temporal_layers", "audio_projection")
@@ -151,3 +154,75 @@ def test_resume_from_a_student_checkpoint(manifest, tmp_path):
     (foreign / "notes.txt").write_text("hello")
     result = runner.invoke(app, ["train-teacher", "--manifest", str(manifest), "--out", str(foreign), "--resume"])
     assert result.exit_code == 1 and "not a fada checkpoint" in result.stderr
+
+
+def test_loss_weights_are_one_or_the_truncated_inverse_snr():
+    alphas_cumprod = sd15_alphas_cumprod(torch.float64)
+    t = torch.tensor([0, 100, 500, 961, 999])
+    assert torch.equal(loss_weights(t, alphas_cumprod, "eps"), torch.ones(5))
+    weights_snr = loss_weights(t, alphas_cumprod, "truncated-snr").double()
+    expected = ((1 - alphas_cumprod[t]) / alphas_cumprod[t]).clamp(min=1.0)  # max(1, 1/SNR)
+    assert torch.allclose(weights_snr, expected, rtol=1e-5)
+    assert weights_snr[0] == 1.0 and weights_snr[1] == 1.0  # high SNR: the plain ε-MSE
+    assert 130 < weights_snr[3] < 140 and 200 < weights_snr[4] < 215  # 1/SNR at t = 961, 999
+    with pytest.raises(UsageError, match="loss weighting 'v' is not valid"):
+        loss_weights(t, alphas_cumprod, "v")
+
+
+class _ZeroPredictor(torch.nn.Module):
+    """Predicts ε̂ = 0 and records the noisy input and timesteps it was given."""
+
+    def encode_images(self, images):
+        return torch.zeros_like(images)  # z_0 = 0, so z_t = √(1−ᾱ_t)·ε
+
+    def forward(self, noisy, t, *conditions):
+        self.noisy, self.t = noisy, t.long()
+        return torch.zeros_like(noisy)
+
+
+def test_truncated_snr_loss_weights_each_samples_mse():
+    alphas_cumprod = sd15_alphas_cumprod(torch.float32)
+    batch = {
+        "frames": torch.ones(4, 2, 3, 8, 8),
+        "reference": torch.ones(4, 3, 8, 8),
+        "motion": torch.ones(4, 1, 3, 8, 8),
+    }
+    batch["audio_features"] = torch.zeros(4, 2, 5)
+    config = get_preset("tiny")
+    model = _ZeroPredictor()
+    for weighting in ("eps", "truncated-snr"):
+        loss = teacher_loss(model, batch, alphas_cumprod, torch.Generator().manual_seed(0), config, weighting)
+        scale = (1 - alphas_cumprod[model.t]).sqrt().view(-1, 1, 1, 1, 1)
+        eps = model.noisy / scale  # the ε that was drawn
+        per_sample = eps.pow(2).flatten(1).mean(1)  # MSE of ε̂ = 0
+        expected = (loss_weights(model.t, alphas_cumprod, weighting) * per_sample).mean()
+        assert torch.allclose(loss, expected, rtol=1e-5), weighting
+    assert loss_weights(model.t, alphas_cumprod, "truncated-snr").max() > 1  # the seed draws a high t
+
+
+def test_init_from_starts_a_new_run_at_the_teachers_weights(manifest, straight_run, tmp_path):
+    out = tmp_path / "fine_tuned"
+    args = ["train-teacher", "--manifest", str(manifest), "--out", str(out), "--init-from", str(straight_run)]
+    args += ["--loss-weighting", "truncated-snr", "--steps", "1", "--lr", "1e-12", "--ema", "0"]
+    result = runner.invoke(app, [*args, "--batch-size", "1", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    info = load_checkpoint_info(out, expect_stage="teacher")
+    assert info.step == 1 and info.config["init_from"] == str(straight_run)
+    assert info.config["train"]["loss_weighting"] == "truncated-snr" and info.config["model"]["preset"] == "tiny"
+    start, tuned = weights(straight_run), weights(out)
+    assert start.keys() == tuned.keys()
+    assert all(torch.allclose(tuned[k], start[k], atol=1e-8) for k in start)  # one step at lr 1e-12
+
+
+def test_init_from_errors(manifest, straight_run, tmp_path):
+    student = tmp_path / "student"
+    save_checkpoint(student, stage="student", mode="fast", config={}, components={}, step=5)
+    result, lines = run_cli("--manifest", str(manifest), "--out", str(tmp_path / "o"), "--init-from", str(student))
+    assert result.exit_code == 1 and len(lines) == 1 and "student checkpoint" in lines[0]
+    result, lines = run_cli(
+        "--manifest", str(manifest), "--out", str(straight_run), "--resume", "--init-from", str(straight_run)
+    )
+    assert result.exit_code == 2 and len(lines) == 1 and "drop --overwrite, --pretrained-sd and --init-from" in lines[0]
+    result, lines = run_cli("--manifest", str(manifest), "--out", str(tmp_path / "p"), "--loss-weighting", "v")
+    assert result.exit_code == 2 and len(lines) == 1 and "--loss-weighting 'v' is not valid" in lines[0]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
