@@ -192,17 +192,14 @@ def main(argv: list[str] | None = None) -> None:
         by_model = {"teacher": [run.result() for run in teacher_runs]}
         by_model |= {name: run.result() for name, run in student_runs.items()}
     models = {"teacher": args.teacher} | {name: args.out / "students" / name for name in variants}
-    pairs = [(model, speech) for model in models for speech in args.speech]
-    results = [result for model in models for result in by_model[model]]
 
     rows: dict[str, dict] = {}
     for model, checkpoint in models.items():
-        per_speech = [r for (m, _), r in zip(pairs, results, strict=True) if m == model]
-        rows[model] = summarise(per_speech) | {"checkpoint": str(checkpoint)}
+        rows[model] = summarise(by_model[model]) | {"checkpoint": str(checkpoint)}
         if model != "teacher":
             rows[model]["losses"] = loss_tail(checkpoint)
-    teacher_results = results[: len(args.speech)]  # the real clips were measured beside each of them
-    real = [r["real_reference_clip"] for r in teacher_results if "r_opening_lag0" in r.get("real_reference_clip", {})]
+    teacher_real = [r.get("real_reference_clip", {}) for r in by_model["teacher"]]  # measured beside its videos
+    real = [r for r in teacher_real if "r_opening_lag0" in r]
     if real:
         rows["_real_clips"] = {k: float(np.mean([r[k] for r in real])) for k in ("r_opening_lag0", "r_darkness_lag0")}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,16 +22,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from mouth_sync_evidence import MESH_SIZE, NEAR_LAGS, pearson_at_lag
 from PIL import Image
 
 from filters import sync
 from pipelines import faces
-from pipelines.generate import crop_portrait
+from pipelines.generate import GenerateConfig, crop_portrait
 from pipelines.media import AUDIO_SR, VIDEO_FPS, read_audio, read_video
 
-MESH_SIZE = 256  # the portrait crop is upscaled to this side before the face mesh runs
-NEAR_LAGS = 2  # frames either side searched for the best r
-CROP_SCALE = 1.6  # `fada generate`'s default --crop-scale
+CROP_SCALE = GenerateConfig().crop_scale  # `fada generate`'s default --crop-scale
 
 
 def mouth_window(frame: np.ndarray) -> tuple[np.ndarray, float]:
@@ -48,10 +47,7 @@ def darkness_vs_speech(frames: np.ndarray, speech: np.ndarray, centre: np.ndarra
     """Pearson r of the fixed-window mouth darkness and the speech RMS: lag 0 and best within ±2."""
     darkness = sync.mouth_darkness(frames, np.repeat(centre[None], len(frames), axis=0), eye)
     rms = sync.audio_rms_per_frame(speech, len(frames), AUDIO_SR, VIDEO_FPS)
-    lagged = {}
-    for lag in range(-NEAR_LAGS, NEAR_LAGS + 1):
-        a, b = (darkness[lag:], rms[: len(rms) - lag]) if lag >= 0 else (darkness[:lag], rms[-lag:])
-        lagged[lag] = float(np.corrcoef(a, b)[0, 1]) if a.std() > 1e-12 and b.std() > 1e-12 else float("nan")
+    lagged = {lag: pearson_at_lag(darkness, rms, lag) for lag in range(-NEAR_LAGS, NEAR_LAGS + 1)}
     return {"r_darkness_lag0": lagged[0], "r_darkness_best_near": max(lagged.values()), "darkness_std": darkness.std()}
 
 

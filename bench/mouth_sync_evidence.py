@@ -48,7 +48,7 @@ def mouth_follows_speech(frames: np.ndarray, speech: np.ndarray) -> dict[str, fl
     if np.mean(found) >= 0.5 and np.nanstd(opening) > 1e-9:
         known = ~np.isnan(opening)
         opening = np.interp(np.arange(len(opening)), np.flatnonzero(known), opening[known])
-        lagged = {lag: _pearson_at_lag(opening, rms, lag) for lag in range(-NEAR_LAGS, NEAR_LAGS + 1)}
+        lagged = {lag: pearson_at_lag(opening, rms, lag) for lag in range(-NEAR_LAGS, NEAR_LAGS + 1)}
         result["r_opening_lag0"] = lagged[0]
         result["r_opening_best_near"] = max(lagged.values())
         result["mouth_opening_std"] = float(opening.std())
@@ -58,7 +58,8 @@ def mouth_follows_speech(frames: np.ndarray, speech: np.ndarray) -> dict[str, fl
     return result
 
 
-def _pearson_at_lag(mouth: np.ndarray, rms: np.ndarray, lag: int) -> float:
+def pearson_at_lag(mouth: np.ndarray, rms: np.ndarray, lag: int) -> float:
+    """Pearson r of ``mouth[t + lag]`` and ``rms[t]`` over the frames both cover."""
     n = min(len(mouth), len(rms))
     video, sound = mouth[max(lag, 0) : n + min(lag, 0)], rms[max(-lag, 0) : n - max(lag, 0)]
     return float(np.corrcoef(video, sound)[0, 1])
