@@ -17,10 +17,12 @@ from fada_cli.options import (
     EmaOption,
     GradAccumOption,
     JsonOption,
+    LrScheduleOption,
     OverwriteOption,
     QuietOption,
     StepsOption,
     TrainSeedOption,
+    WarmupStepsOption,
     tier_list,
     training_overrides,
 )
@@ -78,6 +80,8 @@ def command(
     steps: StepsOption = None,
     batch_size: BatchSizeOption = None,
     lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-5].")] = None,
+    lr_schedule: LrScheduleOption = None,
+    warmup_steps: WarmupStepsOption = None,
     grad_accum: GradAccumOption = None,
     ema: EmaOption = None,
     checkpoint_every: CheckpointEveryOption = None,
@@ -113,7 +117,8 @@ def command(
         solver_steps=solver_steps, gt_weight=gt_weight, cfg_conditioning=cfg_conditioning,
         cfg_audio_range=_pair("--cfg-audio-range", cfg_audio_range),
         cfg_ref_range=_pair("--cfg-ref-range", cfg_ref_range), steps=steps, batch_size=batch_size, lr=lr,
-        grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
+        grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, seed=seed, lr_schedule=lr_schedule,
+        warmup_steps=warmup_steps,
     )  # fmt: skip
     if resume:
         info = load_checkpoint_info(out, expect_stage=STAGE)

@@ -22,6 +22,13 @@ BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", help="Clips
 GradAccumOption = Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimiser step \\[1].")]
 EmaOption = Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights, 0 = off \\[0].")]
 CheckpointEveryOption = Annotated[int | None, typer.Option("--checkpoint-every", help="Save every N steps \\[500].")]
+LrScheduleOption = Annotated[
+    str | None,
+    typer.Option("--lr-schedule", help="After the warm-up: constant or cosine (decays to 0 at --steps) \\[constant]."),
+]
+WarmupStepsOption = Annotated[
+    int | None, typer.Option("--warmup-steps", help="Linear learning-rate warm-up from 0 over N steps \\[0].")
+]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint in --out.")]
 AutocastDtypeOption = Annotated[
     str | None,

@@ -17,10 +17,12 @@ from fada_cli.options import (
     EmaOption,
     GradAccumOption,
     JsonOption,
+    LrScheduleOption,
     OverwriteOption,
     QuietOption,
     StepsOption,
     TrainSeedOption,
+    WarmupStepsOption,
     tier_list,
     training_overrides,
 )
@@ -54,13 +56,34 @@ def command(
         Path | None,
         Opt("--init-from", help="Start a new run from the weights of this teacher checkpoint (fine-tuning)."),
     ] = None,
+    stage: Annotated[
+        str | None,
+        Opt(
+            "--stage",
+            help="joint (everything at once on F-frame windows), image (single frames, reference net + denoising "
+            "net, no audio or temporal layers) or video (audio path + temporal layers; needs --init-from an "
+            "image-stage teacher) \\[joint].",
+        ),
+    ] = None,
+    video_trainable: Annotated[
+        str | None,
+        Opt(
+            "--video-trainable",
+            help="What the video stage trains: audio-temporal (audio projection, audio attention, temporal "
+            "layers; other spatial weights frozen, as Hallo's stage 2) or all \\[audio-temporal].",
+        ),
+    ] = None,
     loss_weighting: Annotated[
         str | None,
         Opt(
             "--loss-weighting",
-            help="eps (plain ε-MSE) or truncated-snr (× max(1, 1/SNR_t), for small models in pixel space) \\[eps].",
+            help="Weight of each sample's ε-MSE: eps (1), min-snr (min(SNR,γ)/SNR), truncated-snr "
+            "(max(1, 1/SNR)) or v (1 + 1/SNR, the v-prediction MSE) \\[eps].",
         ),
     ] = None,
+    snr_gamma: Annotated[float | None, Opt("--snr-gamma", help="γ of --loss-weighting min-snr \\[5].")] = None,
+    lr_schedule: LrScheduleOption = None,
+    warmup_steps: WarmupStepsOption = None,
     audio_encoder: Annotated[
         str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder \\[mel].")
     ] = None,
@@ -72,12 +95,22 @@ def command(
 ) -> None:
     """Train the dual-UNet teacher (ε-prediction, multi-CFG) on tier-A clips.
 
+    The paper's recipe is two stages: --stage image (single frames: the reference net and the
+    denoising net learn to redraw the reference), then --stage video --init-from that teacher (the
+    audio path and the temporal layers learn lip sync and motion on F-frame windows). Without
+    --stage the teacher trains everything at once (joint). The checkpoint records its stages.
+
     Writes a checkpoint folder every --checkpoint-every steps and at the end, with the loss curve in
     OUT/train_log.csv and TensorBoard events in OUT/tb/. Bracketed defaults apply to a new run; with
     --resume, options left out keep the checkpoint's values (only --steps and --checkpoint-every may
     change). Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m fada_cli.main train-teacher ...`.
 
     Examples:
+
+        fada train-teacher --manifest demo/manifest.parquet --stage image --preset demo --out runs/image --steps 800
+
+        fada train-teacher --manifest demo/manifest.parquet --stage video --init-from runs/image --out runs/teacher
+        --steps 400
 
         fada train-teacher --manifest demo/manifest.parquet --tier A --preset demo --out runs/teacher --steps 2000
 
@@ -111,7 +144,8 @@ def command(
         model_config = with_audio_encoder(model_config, name, path)
     given = training_overrides(
         torch_device, dtype, tier_list(tier), steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum,
-        ema=ema, checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting,
+        ema=ema, checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting, snr_gamma=snr_gamma,
+        stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
     )  # fmt: skip
     train_config = dataclasses.replace(train_config, **given)
 

@@ -63,6 +63,21 @@ class CheckpointInfo:
     components: tuple[str, ...] = field(default=())  # names of the component sub-folders
     has_training_state: bool = False  # whether optimizer/scheduler/RNG state is saved
 
+    @property
+    def teacher_stages(self) -> list[dict]:
+        """The teacher stages these weights went through, oldest first: ``[{"stage", "steps"}, …]``.
+
+        Teachers written before `fada train-teacher --stage` existed trained everything at once:
+        one ``joint`` entry. A student reports its teacher's (recorded when it was distilled).
+        """
+        history = self.config.get("stages") or self.config.get("teacher_stages")
+        return [dict(entry) for entry in history] if history else [{"stage": "joint", "steps": self.step}]
+
+    @property
+    def image_only(self) -> bool:
+        """Whether these are the weights of a teacher that has not been through a video stage yet."""
+        return self.stage == "teacher" and self.teacher_stages[-1]["stage"] == "image"
+
 
 # ---------------------------------------------------------------------------------------------
 # saving

@@ -143,6 +143,11 @@ def distill(
     teacher_path, manifest, out = Path(teacher_path), Path(manifest), Path(out)
     # 1. check the teacher, the output folder and, on --resume, the student in it
     teacher_info = load_checkpoint_info(teacher_path, expect_stage="teacher")
+    if teacher_info.image_only:
+        raise UsageError(
+            f"teacher {teacher_path} has only been through the image stage (no audio path or temporal layers "
+            "trained); run `fada train-teacher --stage video --init-from` it first."
+        )
     teacher_hash = checkpoint_hash(teacher_path)
     student_config = dataclasses.replace(
         ModelConfig.from_dict(teacher_info.config["model"]), cfg_conditioning=config.cfg_conditioning

@@ -299,6 +299,10 @@ def generate(
     model.eval()
     if config.cfg_ref is None:
         config = replace(config, cfg_ref=strategy.default_cfg_ref)
+    if info.image_only and config.cfg_audio != 0:  # its audio branch was never trained: guide by the reference only
+        log(f"[yellow]note:[/] {checkpoint} is an image-stage teacher (no trained audio path); generating with "
+            "--cfg-audio 0, so the mouth will not follow the speech.", quiet=quiet)  # fmt: skip
+        config = replace(config, cfg_audio=0.0)
     steps, frames_per_clip, motion_frames = check_config(config, model, strategy)
     scheduler = strategy.make_scheduler(steps)
     portrait = crop_portrait(portrait_rgb, model.config.sample_size, config.crop, config.crop_scale, image)

@@ -104,8 +104,14 @@ class FadaModel(torch.nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> FadaModel:
-        """A freshly initialised model (temporal and CFG output projections zero)."""
-        reference_unet, denoising_unet = build_unet(config), build_unet(config)
+        """A freshly initialised model (temporal and CFG output projections zero).
+
+        The reference net starts as an exact copy of the denoising net, as both do when they are
+        initialised from the same SD1.5 UNet (`from_pretrained_sd`; SPEC §3b).
+        """
+        denoising_unet = build_unet(config)
+        reference_unet = build_unet(config)
+        reference_unet.load_state_dict(denoising_unet.state_dict())
         temporal = TemporalLayers(
             channels=TemporalLayers.channels_of(denoising_unet),
             num_heads=config.temporal_heads,
@@ -219,21 +225,26 @@ class FadaModel(torch.nn.Module):
         (the reference repeated `config.motion_frames` times). The caller caches the result.
         """
         b = reference_latent.shape[0]
-        if motion_latents is None:
-            motion_latents = reference_latent[:, None].expand(b, self.config.motion_frames, *reference_latent.shape[1:])
+        if motion_latents is None:  # the net sees each image alone: run it once and repeat its features
+            features = self._run_reference_net(reference_latent[:, None])  # (B, L, C) per layer
+            n_images = 1 + self.config.motion_frames
+            return ReferenceFeatures({name: h.repeat(1, n_images, 1) for name, h in features.items()}, b)
         images = torch.cat([reference_latent[:, None], motion_latents], dim=1)  # (B, 1+M, C, h, w)
-        n_images = images.shape[1]
-        flat = images.reshape(b * n_images, *images.shape[2:]).to(self.dtype)  # (B·(1+M), C, h, w)
+        return ReferenceFeatures(self._run_reference_net(images), b)
+
+    def _run_reference_net(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, n, C, h, w) clean latents → layer name → (B, n·L, C): the attn1 inputs of the n images side by side."""
+        b, n_images = images.shape[:2]
+        flat = images.reshape(b * n_images, *images.shape[2:]).to(self.dtype)  # (B·n, C, h, w)
         timesteps = torch.zeros(flat.shape[0], device=flat.device)  # a clean image: t = 0
         context = flat.new_zeros(flat.shape[0], 1, self.config.cross_attention_dim)  # no text/audio for the reference
         state = FadaAttentionState(num_frames=1, record={})
         self.reference_unet(flat, timesteps, context, cross_attention_kwargs={"fada": state})
         self.reference_net_calls += 1
-        features = {
-            name: h.reshape(b, n_images * h.shape[1], h.shape[2])  # (B·(1+M), L, C) → (B, (1+M)·L, C)
+        return {
+            name: h.reshape(b, n_images * h.shape[1], h.shape[2])  # (B·n, L, C) → (B, n·L, C)
             for name, h in state.record.items()
         }
-        return ReferenceFeatures(features, b)
 
     def audio_tokens(self, audio_features: torch.Tensor) -> torch.Tensor:
         """(B, F, W, D_feat) audio features → (B, F, N, D_cross) audio tokens."""

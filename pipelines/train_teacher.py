@@ -7,14 +7,31 @@ z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the SD1.5 schedule (`schedulers.ad
 regress the model's ε on the true ε (MSE); then clip gradients, step AdamW and the LR schedule,
 update the EMA.
 
-Loss weighting (``loss_weighting``): ``eps`` is the plain ε-MSE of SPEC §3–4 (the default).
-``truncated-snr`` multiplies each sample's ε-MSE by max(1, 1/SNR_t), SNR_t = ᾱ_t/(1−ᾱ_t) —
-the "truncated SNR" weighting of Salimans & Ho (2022, Progressive Distillation, §4), i.e.
-max(SNR_t, 1)·‖x_0 − x̂_0‖². The prediction stays ε and the schedule SD1.5's; only the weight
-changes. Why it exists: with the plain loss the error allowed at high t is tiny in ε but
+Loss weighting (``loss_weighting``, `loss_weights`): ``eps`` is the plain ε-MSE of SPEC §3–4
+(the default). ``truncated-snr`` multiplies each sample's ε-MSE by max(1, 1/SNR_t), SNR_t =
+ᾱ_t/(1−ᾱ_t) — the "truncated SNR" weighting of Salimans & Ho (2022, Progressive Distillation,
+§4), i.e. max(SNR_t, 1)·‖x_0 − x̂_0‖²; ``v`` is the v-prediction MSE (weight 1/ᾱ_t) and
+``min-snr`` Min-SNR-γ (weight min(SNR_t, γ)/SNR_t). The prediction stays ε and the schedule
+SD1.5's; only the weight changes. Why they exist: with the plain loss the error allowed at high t is tiny in ε but
 amplified by 1/SNR_t (≈ 140× at t = 961) in the x_0 the sampler starts from, and a small model
 trained briefly in pixel space (the demo preset) fits ε there without learning x_0 (measured in
 `bench/results/evidence_demo_teacher_students.md`).
+
+Stages (``stage``; SPEC §3b, the paper's teacher recipe after EMO and Loopy):
+
+- ``image``: single frames (F = 1): a target frame and a reference frame of the same clip; the
+  reference net and the denoising net learn to redraw the reference in the target's pose and
+  expression. The audio is dropped for every sample and the temporal layers never run; both are
+  frozen (bit-identical after the stage).
+- ``video``: F-frame windows with motion frames and audio, started from an image-stage teacher
+  (``--init-from``; anything else is an error). By default (``video_trainable="audio-temporal"``)
+  it trains the audio path (projection, audio attention) and the temporal layers with every other
+  spatial weight frozen, as Hallo's stage 2 and EMO's second stage do; ``all`` trains everything.
+- ``joint`` (the default, what fada did before stages existed): everything at once on F-frame
+  windows from the start.
+
+The checkpoint records the stages its weights went through as ``config["stages"]``
+(``[{"stage": "image", "steps": 800}, {"stage": "video", "steps": 300}]``).
 
 ``--init-from`` starts a new run (step 0, fresh optimiser) from another teacher checkpoint's
 weights — to fine-tune a teacher on other data or with another loss weighting.
@@ -40,8 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from pipelines.checkpoint import load_checkpoint_info
 from pipelines.errors import UsageError
 from pipelines.manifest import manifest_hash
 from pipelines.model import FadaModel, sample_condition_dropout
@@ -74,35 +91,85 @@ __all__ = [
     "TeacherTrainConfig",
     "TrainConfig",
     "TrainResult",
+    "TEACHER_STAGES",
     "loss_weights",
+    "set_trainable",
     "step_seed",
     "train_teacher",
 ]
 
 STAGE = MODE = "teacher"
-LOSS_WEIGHTINGS = ("eps", "truncated-snr")
+LOSS_WEIGHTINGS = ("eps", "min-snr", "truncated-snr", "v")
+TEACHER_STAGES = ("joint", "image", "video")  # what --stage trains (see the module docstring)
+VIDEO_TRAINABLE = ("audio-temporal", "all")  # what the video stage trains
 
 
 @dataclass(frozen=True)
 class TeacherTrainConfig(TrainConfig):
-    loss_weighting: str = "eps"  # eps (plain ε-MSE, SPEC) | truncated-snr (× max(1, 1/SNR_t))
+    loss_weighting: str = "eps"  # eps (plain ε-MSE, SPEC) | min-snr | truncated-snr | v (see `loss_weights`)
+    snr_gamma: float = 5.0  # γ of min-snr: weight min(SNR_t, γ)/SNR_t
+    stage: str = "joint"  # joint: everything on F-frame windows | image: F = 1, no audio/temporal | video
+    video_trainable: str = "audio-temporal"  # video stage: audio path + temporal layers (frozen spatial) | all
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            valid = " or ".join(LOSS_WEIGHTINGS)
-            raise UsageError(f"--loss-weighting {self.loss_weighting!r} is not valid; use {valid}.")
+        checks = (("--loss-weighting", self.loss_weighting, LOSS_WEIGHTINGS), ("--stage", self.stage, TEACHER_STAGES),
+                  ("--video-trainable", self.video_trainable, VIDEO_TRAINABLE))  # fmt: skip
+        for option, value, valid in checks:
+            if value not in valid:
+                raise UsageError(f"{option} {value!r} is not valid; use {' or '.join(valid)}.")
+        if not self.snr_gamma > 0:
+            raise UsageError(f"--snr-gamma {self.snr_gamma} is not valid; use a positive number such as 5.")
 
 
-def loss_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, weighting: str) -> torch.Tensor:
-    """Per-sample weights of the ε-MSE at timesteps ``t`` (B,): 1 for ``eps``; max(1, (1−ᾱ_t)/ᾱ_t)
-    for ``truncated-snr`` (Salimans & Ho 2022, §4)."""
+def loss_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, weighting: str, snr_gamma: float = 5.0):
+    """Per-sample weights (B,) of the ε-MSE at integer timesteps ``t`` (B,), SNR_t = ᾱ_t/(1−ᾱ_t):
+
+    - ``eps``: 1 (the plain ε-MSE);
+    - ``min-snr``: min(SNR_t, γ)/SNR_t — Min-SNR-γ for an ε-prediction net (Hang et al. 2023, Eq. 8);
+    - ``truncated-snr``: max(1, 1/SNR_t) — Salimans & Ho (2022, Progressive Distillation, §4);
+    - ``v``: 1 + 1/SNR_t = 1/ᾱ_t — the v-prediction MSE ‖v − v̂‖² of the same ε-parameterised net
+      (v = √ᾱ·ε − √(1−ᾱ)·x0, so v − v̂ = (ε − ε̂)/√ᾱ; Salimans & Ho 2022, §4).
+    """
+    alpha_bar = alphas_cumprod[t].float()
+    snr = alpha_bar / (1.0 - alpha_bar)
     if weighting == "eps":
-        return torch.ones_like(t, dtype=torch.float32)
+        return torch.ones_like(alpha_bar)
+    if weighting == "min-snr":
+        return torch.clamp(snr, max=snr_gamma) / snr
     if weighting == "truncated-snr":
-        alpha_bar = alphas_cumprod[t].float()
-        return torch.clamp((1.0 - alpha_bar) / alpha_bar, min=1.0)
+        return torch.clamp(1.0 / snr, min=1.0)
+    if weighting == "v":
+        return 1.0 / alpha_bar
     raise UsageError(f"loss weighting {weighting!r} is not valid; use {' or '.join(LOSS_WEIGHTINGS)}.")
+
+
+def set_trainable(
+    model: FadaModel, stage: str, video_trainable: str = "audio-temporal"
+) -> dict[str, torch.nn.Parameter]:
+    """Freeze what ``stage`` does not train; return the trainable parameters by name.
+
+    - ``joint`` and ``video`` with ``all``: everything the model trains (its constructor already
+      froze the codec and the reference-net layers past its last recorded input);
+    - ``image``: the reference net and the denoising net; the temporal layers (F = 1 never runs them)
+      and the audio projection (audio is always dropped) are frozen;
+    - ``video`` with ``audio-temporal``: the audio projection, the denoising net's audio attention
+      (each transformer block's ``attn2`` and the ``norm2`` before it) and the temporal layers;
+      the reference net and the rest of the denoising net are frozen — Hallo's stage 2 (`trainable_para: audio_modules,
+      motion_modules`; reference and denoising UNets frozen) and EMO's second stage.
+    """
+    for name, param in model.named_parameters():
+        if stage == "image" and name.startswith(("temporal_layers.", "audio_projection.")):
+            param.requires_grad_(False)
+        elif stage == "video" and video_trainable == "audio-temporal":
+            audio_attention = (
+                name.startswith("denoising_unet.")
+                and ".transformer_blocks." in name
+                and (".attn2." in name or ".norm2." in name)
+            )
+            if not (audio_attention or name.startswith(("temporal_layers.", "audio_projection."))):
+                param.requires_grad_(False)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 LOG_FILE = "train_log.csv"
@@ -155,10 +222,12 @@ def train_teacher(
     info = check_out(out, resume, overwrite, STAGE)
     if info is not None:
         model_config, train_config = resumed_configs(info, model_config, train_config, manifest)
+    history = starting_history(info, init_from, train_config.stage)
 
     # 2.-3. accelerate (one process, or `accelerate launch` for several); every clip decoded once,
-    # windows drawn by a resumable stream of keys
-    setup = set_up_loop(out, info, manifest, model_config, train_config, device, quiet)
+    # windows drawn by a resumable stream of keys (single frames in the image stage)
+    frames = 1 if train_config.stage == "image" else None
+    setup = set_up_loop(out, info, manifest, model_config, train_config, device, quiet, num_frames=frames)
     start_step, accelerator, device = setup.start_step, setup.accelerator, setup.device
     rank, world, dataset, sampler = setup.rank, setup.world, setup.dataset, setup.sampler
 
@@ -178,7 +247,7 @@ def train_teacher(
         torch.manual_seed(train_config.seed)
         model = FadaModel.from_config(model_config)
     model.to(device)
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = set_trainable(model, train_config.stage, train_config.video_trainable)
     optimizer, lr_scheduler = make_optimizer(params, train_config)
     ema = make_ema(params, train_config.ema)
     state = TrainingState(params, optimizer, lr_scheduler, ema, sampler)
@@ -198,7 +267,8 @@ def train_teacher(
     logs = TrainLogs(out, start_step, accelerator.is_main_process, {LOG_FILE: LOG_COLUMNS})
     loss_value, began = float("nan"), time.perf_counter()
     with make_progress(quiet or rank > 0) as progress:
-        task = progress.add_task("training teacher", total=train_config.steps, completed=start_step)
+        task_name = "training teacher" + ("" if train_config.stage == "joint" else f" ({train_config.stage} stage)")
+        task = progress.add_task(task_name, total=train_config.steps, completed=start_step)
         for step in range(start_step + 1, train_config.steps + 1):
             micro_losses = []
             for micro in range(train_config.grad_accum):
@@ -208,9 +278,7 @@ def train_teacher(
                 syncing = micro == train_config.grad_accum - 1
                 with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
                     with accelerator.autocast():
-                        loss = teacher_loss(
-                            model, batch, alphas_cumprod, generator, model_config, train_config.loss_weighting
-                        )
+                        loss = teacher_loss(model, batch, alphas_cumprod, generator, model_config, train_config)
                     accelerator.backward(loss / train_config.grad_accum)
                 micro_losses.append(loss.detach().float())
             lr = optimizer_step(accelerator, state, train_config)
@@ -229,11 +297,11 @@ def train_teacher(
                     seconds,
                     stage=STAGE,
                     mode=MODE,
-                    config=config_record,
+                    config=config_record | {"stages": [*history, {"stage": train_config.stage, "steps": step}]},
                     step=step,
                     manifest_hash=mhash,
                 )
-            progress.update(task, advance=1, description=f"training teacher · loss {loss_value:.4f}")
+            progress.update(task, advance=1, description=f"{task_name} · loss {loss_value:.4f}")
     logs.close()
     seconds = time.perf_counter() - began
     done = train_config.steps - start_step
@@ -254,26 +322,59 @@ def train_teacher(
 
 
 def teacher_loss(
-    model, batch: dict, alphas_cumprod, generator: torch.Generator, config: ModelConfig, weighting: str = "eps"
-) -> torch.Tensor:
+    model, batch: dict, alphas_cumprod, generator: torch.Generator, config: ModelConfig,
+    train_config: TeacherTrainConfig = TeacherTrainConfig(),
+) -> torch.Tensor:  # fmt: skip
     """ε-prediction DDPM loss of one micro-batch with condition dropout (SPEC §3, §4 schedule),
-    each sample's MSE weighted by `loss_weights` (1 for the default ``eps``)."""
+    each sample's MSE weighted by `loss_weights` (1 for the default ``eps``).
+
+    Image stage: the batch holds single frames (F = 1), the reference net sees the reference alone
+    (motion frames = the reference, as for a first clip) and the audio is dropped for every sample.
+    """
     unwrapped = getattr(model, "module", model)
+    image_stage = train_config.stage == "image"
     with torch.no_grad():
         z0 = unwrapped.encode_images(batch["frames"])  # (B, F, C, h, w)
         reference_latent = unwrapped.encode_images(batch["reference"])  # (B, C, h, w)
-        motion_latents = unwrapped.encode_images(batch["motion"])  # (B, M, C, h, w)
+        motion_latents = None if image_stage else unwrapped.encode_images(batch["motion"])  # (B, M, C, h, w)
     b, device = z0.shape[0], z0.device
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=generator).to(device)  # (B,)
     eps = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(device)  # (B, F, C, h, w)
     drop_audio, drop_reference = sample_condition_dropout(
         b, config.p_drop_audio, config.p_drop_both, generator=generator, device=device
     )
+    if image_stage:
+        drop_audio = torch.ones_like(drop_audio)
     noisy = add_noise(z0.float(), eps, t, alphas_cumprod)  # z_t
     pred = model(
         noisy, t.float(), reference_latent, motion_latents, batch["audio_features"], drop_audio, drop_reference
     )
-    if weighting == "eps":
-        return F.mse_loss(pred.float(), eps)
     per_sample = (pred.float() - eps).pow(2).flatten(1).mean(dim=1)  # (B,)
-    return (loss_weights(t, alphas_cumprod, weighting) * per_sample).mean()
+    weights = loss_weights(t, alphas_cumprod, train_config.loss_weighting, train_config.snr_gamma)
+    return (weights * per_sample).mean()
+
+
+def starting_history(info, init_from, stage: str) -> list[dict]:
+    """The stages before this run's (kept in the checkpoint as ``config["stages"]``).
+
+    A resumed run continues its own last entry; a run with ``init_from`` extends that teacher's
+    history; a new run starts empty. The video stage must start from a teacher that went through the
+    image stage.
+    """
+    if info is not None:
+        return info.teacher_stages[:-1]
+    if init_from is None:
+        if stage == "video":
+            raise UsageError(
+                "--stage video trains the audio path and temporal layers on top of an image-stage teacher; "
+                "pass --init-from a checkpoint made with `fada train-teacher --stage image`."
+            )
+        return []
+    history = load_checkpoint_info(init_from, expect_stage=STAGE).teacher_stages
+    if stage == "video" and not any(entry["stage"] == "image" for entry in history):
+        went = " → ".join(entry["stage"] for entry in history)
+        raise UsageError(
+            f"--stage video needs an image-stage teacher, but --init-from {init_from} went through {went}; "
+            "train one with `fada train-teacher --stage image` first."
+        )
+    return history

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
+import math
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
@@ -32,6 +34,7 @@ from pipelines.model_config import ModelConfig
 MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 TB_DIR = "tb"
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every"}  # TrainConfig fields --resume may change
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class TrainConfig:
     tiers: tuple[str, ...] = ("A",)  # manifest tiers to train on
     seed: int = 0  # seeds the data stream, ε, t and dropout: same seed, same run
     mixed_precision: str = "no"  # autocast precision: no (fp32) | bf16 | fp16 (weights stay fp32)
+    lr_schedule: str = "constant"  # after the warm-up: constant | cosine (to lr_min_ratio·lr at `steps`)
+    lr_min_ratio: float = 0.0  # cosine: the final learning rate as a fraction of lr
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum}
@@ -65,6 +70,12 @@ class TrainConfig:
             raise UsageError("--tier is empty; pass A, B or a comma-separated list such as A,B.")
         if self.mixed_precision not in MIXED_PRECISION.values():
             raise UsageError(f"mixed_precision {self.mixed_precision!r} is not valid; use no, bf16 or fp16.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr-schedule {self.lr_schedule!r} is not valid; use {' or '.join(LR_SCHEDULES)}.")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise UsageError(f"lr_min_ratio {self.lr_min_ratio} is not valid; use a fraction in [0, 1].")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps {self.warmup_steps!r} is not valid; use a whole number >= 0.")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -97,13 +108,28 @@ def make_accelerator(device: torch.device, config: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) as a fraction of ``config.lr``.
+
+    Linear warm-up over ``warmup_steps``, then constant, or a half cosine from 1 down to
+    ``lr_min_ratio`` at ``steps`` (Loshchilov & Hutter 2017, SGDR, without restarts). A resumed run
+    that raises ``steps`` stretches the rest of the cosine.
+    """
+    warmup = config.warmup_steps
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
+    return config.lr_min_ratio + (1.0 - config.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig):
-    """AdamW over ``params`` and its linear-warm-up LR schedule."""
+    """AdamW over ``params`` and its LR schedule (`lr_factor`)."""
     optimizer = torch.optim.AdamW(
         params.values(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
     )
-    warmup = config.warmup_steps
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, config=config))
     return optimizer, lr_scheduler
 
 
@@ -367,13 +393,16 @@ class LoopSetup:
 
 
 def set_up_loop(out: Path, info, manifest: Path, model_config: ModelConfig, config: TrainConfig,
-                device: torch.device, quiet: bool) -> LoopSetup:  # fmt: skip
-    """Resume step, accelerate (one process, or `accelerate launch` for several) and the clip data."""
+                device: torch.device, quiet: bool, num_frames: int | None = None) -> LoopSetup:  # fmt: skip
+    """Resume step, accelerate (one process, or `accelerate launch` for several) and the clip data.
+
+    ``num_frames``: frames per training window (None = the model's F; 1 for the image stage).
+    """
     start_step = 0 if info is None else info.step
     if start_step >= config.steps:
         raise UsageError(f"{out} is already at step {start_step} >= --steps {config.steps}; pass more --steps.")
     accelerator = make_accelerator(device, config)
     rank, world = accelerator.process_index, accelerator.num_processes
-    dataset = ClipDataset(manifest, model_config, config.tiers, quiet=quiet or rank > 0)
+    dataset = ClipDataset(manifest, model_config, config.tiers, num_frames=num_frames, quiet=quiet or rank > 0)
     return LoopSetup(start_step, accelerator, accelerator.device, rank, world, dataset,
                      WindowSampler(len(dataset), config.seed))  # fmt: skip

@@ -244,3 +244,19 @@ def test_student_steps_option(teacher, inputs, tmp_path, loaded_models):
     bad_out = tmp_path / "bad" / "talk.mp4"
     bad = _generate(student, inputs[0], inputs[2], bad_out, "--steps", "3")
     _assert_clean_error(bad, bad_out, "--steps 3 is not valid for 4 PeRFlow windows", exit_code=2)
+
+
+def test_image_stage_teacher_generates_with_reference_guidance_only(inputs, tmp_path):
+    portrait, _, short = inputs
+    torch.manual_seed(0)
+    model = FadaModel.from_config(get_preset("tiny"))
+    config = {"model": model.config.to_dict(), "stages": [{"stage": "image", "steps": 0}]}
+    image_only = save_checkpoint(tmp_path / "image", stage="teacher", mode="teacher", config=config,
+                                 components=model.components(), step=0)  # fmt: skip
+    joint = _save(model, tmp_path / "joint", "teacher")
+    result = _generate(image_only, portrait, short, tmp_path / "image.mp4", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "image.json").read_text())["cfg_audio"] == 0.0
+    result = _generate(joint, portrait, short, tmp_path / "joint.mp4", "--steps", "2", "--cfg-audio", "0")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(media.read_video(tmp_path / "image.mp4")[0], media.read_video(tmp_path / "joint.mp4")[0])

@@ -175,6 +175,26 @@ def test_reference_net_runs_once_per_clip():
     assert model.nfe_counter == 4 * 3 and model.denoising_net_calls == 4
 
 
+def test_first_clip_features_equal_the_reference_repeated():
+    model = tiny_model()
+    x = clip_inputs(model.config, batch=2)
+    with torch.no_grad():
+        once = model.reference_features(x["reference"], None)  # the net runs on the reference alone
+        repeated = x["reference"][:, None].expand(2, model.config.motion_frames, *x["reference"].shape[1:])
+        full = model.reference_features(x["reference"], repeated)  # on 1 + M copies of it
+    assert model.reference_net_calls == 2 and once.features.keys() == full.features.keys()
+    for name, h in full.features.items():
+        assert once.features[name].shape == h.shape
+        assert torch.allclose(once.features[name], h, atol=1e-5), name  # float rounding of the batch size
+
+
+def test_from_scratch_reference_net_equals_denoising_net():
+    model = tiny_model()
+    reference, denoising = model.reference_unet.state_dict(), model.denoising_unet.state_dict()
+    shared = set(reference) & set(denoising)
+    assert len(shared) > 10 and all(torch.equal(reference[k], denoising[k]) for k in shared)
+
+
 def test_demo_forward_batch_one():
     torch.manual_seed(0)
     model = FadaModel.from_config(get_preset("demo")).eval()

@@ -20,7 +20,7 @@ from pipelines.manifest import read_manifest, write_manifest
 from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
 from pipelines.schedulers import sd15_alphas_cumprod
-from pipelines.train_teacher import loss_weights, teacher_loss
+from pipelines.train_teacher import LOSS_WEIGHTINGS, TeacherTrainConfig, loss_weights, teacher_loss
 
 runner = CliRunner()
 COMPONENTS = ("reference_unet", "denoising_unet", "temporal_layers", "audio_projection")
@@ -156,7 +156,7 @@ def test_resume_from_a_student_checkpoint(manifest, tmp_path):
     assert result.exit_code == 1 and "not a fada checkpoint" in result.stderr
 
 
-def test_loss_weights_are_one_or_the_truncated_inverse_snr():
+def test_loss_weights_match_their_definitions():
     alphas_cumprod = sd15_alphas_cumprod(torch.float64)
     t = torch.tensor([0, 100, 500, 961, 999])
     assert torch.equal(loss_weights(t, alphas_cumprod, "eps"), torch.ones(5))
@@ -165,8 +165,13 @@ def test_loss_weights_are_one_or_the_truncated_inverse_snr():
     assert torch.allclose(weights_snr, expected, rtol=1e-5)
     assert weights_snr[0] == 1.0 and weights_snr[1] == 1.0  # high SNR: the plain ε-MSE
     assert 130 < weights_snr[3] < 140 and 200 < weights_snr[4] < 215  # 1/SNR at t = 961, 999
-    with pytest.raises(UsageError, match="loss weighting 'v' is not valid"):
-        loss_weights(t, alphas_cumprod, "v")
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    assert torch.allclose(loss_weights(t, alphas_cumprod, "v").double(), 1 + 1 / snr, rtol=1e-5)  # 1/ᾱ
+    min_snr = loss_weights(t, alphas_cumprod, "min-snr", snr_gamma=5.0).double()
+    assert torch.allclose(min_snr, snr.clamp(max=5.0) / snr, rtol=1e-5)
+    assert min_snr[0] < 0.01 and min_snr[3] == 1.0  # low noise down-weighted, high noise the plain ε-MSE
+    with pytest.raises(UsageError, match="loss weighting 'x0' is not valid"):
+        loss_weights(t, alphas_cumprod, "x0")
 
 
 class _ZeroPredictor(torch.nn.Module):
@@ -180,7 +185,7 @@ class _ZeroPredictor(torch.nn.Module):
         return torch.zeros_like(noisy)
 
 
-def test_truncated_snr_loss_weights_each_samples_mse():
+def test_loss_weighting_weights_each_samples_mse():
     alphas_cumprod = sd15_alphas_cumprod(torch.float32)
     batch = {
         "frames": torch.ones(4, 2, 3, 8, 8),
@@ -190,8 +195,9 @@ def test_truncated_snr_loss_weights_each_samples_mse():
     batch["audio_features"] = torch.zeros(4, 2, 5)
     config = get_preset("tiny")
     model = _ZeroPredictor()
-    for weighting in ("eps", "truncated-snr"):
-        loss = teacher_loss(model, batch, alphas_cumprod, torch.Generator().manual_seed(0), config, weighting)
+    for weighting in LOSS_WEIGHTINGS:
+        train_config = TeacherTrainConfig(loss_weighting=weighting)
+        loss = teacher_loss(model, batch, alphas_cumprod, torch.Generator().manual_seed(0), config, train_config)
         scale = (1 - alphas_cumprod[model.t]).sqrt().view(-1, 1, 1, 1, 1)
         eps = model.noisy / scale  # the ε that was drawn
         per_sample = eps.pow(2).flatten(1).mean(1)  # MSE of ε̂ = 0
@@ -223,6 +229,86 @@ def test_init_from_errors(manifest, straight_run, tmp_path):
         "--manifest", str(manifest), "--out", str(straight_run), "--resume", "--init-from", str(straight_run)
     )
     assert result.exit_code == 2 and len(lines) == 1 and "drop --overwrite, --pretrained-sd and --init-from" in lines[0]
-    result, lines = run_cli("--manifest", str(manifest), "--out", str(tmp_path / "p"), "--loss-weighting", "v")
-    assert result.exit_code == 2 and len(lines) == 1 and "--loss-weighting 'v' is not valid" in lines[0]
+    result, lines = run_cli("--manifest", str(manifest), "--out", str(tmp_path / "p"), "--loss-weighting", "x0")
+    assert result.exit_code == 2 and len(lines) == 1 and "--loss-weighting 'x0' is not valid" in lines[0]
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.fixture(scope="module")
+def image_run(manifest, tmp_path_factory) -> Path:
+    """2 image-stage steps from scratch (seed 3)."""
+    out = tmp_path_factory.mktemp("runs") / "image"
+    args = ["train-teacher", "--manifest", str(manifest), "--out", str(out), "--stage", "image", "--steps", "2"]
+    result = runner.invoke(app, [*args, *TINY, "--lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def fresh_weights() -> dict[str, torch.Tensor]:
+    """The from-scratch weights the seed-3 runs start from."""
+    torch.manual_seed(3)
+    model = FadaModel.from_config(get_preset("tiny"))
+    return {f"{name}.{k}": v for name in COMPONENTS for k, v in getattr(model, name).state_dict().items()}
+
+
+def test_image_stage_trains_only_the_two_nets_and_records_its_stage(image_run):
+    info = load_checkpoint_info(image_run, expect_stage="teacher")
+    assert info.config["stages"] == [{"stage": "image", "steps": 2}] and info.image_only
+    start, trained = fresh_weights(), weights(image_run)
+    frozen = [k for k in start if k.startswith(("temporal_layers.", "audio_projection."))]
+    assert frozen and all(torch.equal(trained[k], start[k]) for k in frozen)  # bit-identical
+    for net in ("reference_unet.", "denoising_unet."):
+        assert any(not torch.equal(trained[k], start[k]) for k in start if k.startswith(net)), net
+
+
+def is_audio_attention(key: str) -> bool:
+    return (
+        key.startswith("denoising_unet.") and ".transformer_blocks." in key and (".attn2." in key or ".norm2." in key)
+    )
+
+
+def test_video_stage_trains_the_audio_path_and_temporal_layers_only(manifest, image_run, tmp_path):
+    out = tmp_path / "video"
+    args = ["--manifest", str(manifest), "--out", str(out), "--stage", "video", "--init-from", str(image_run)]
+    result = runner.invoke(app, ["train-teacher", *args, *TINY, "--steps", "2", "--lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    info = load_checkpoint_info(out, expect_stage="teacher")
+    assert info.config["stages"] == [{"stage": "image", "steps": 2}, {"stage": "video", "steps": 2}]
+    assert not info.image_only
+    start, trained = weights(image_run), weights(out)
+    trainable = {k for k in start if is_audio_attention(k) or k.startswith(("temporal_layers.", "audio_projection."))}
+    frozen = set(start) - trainable
+    assert any(".resnets." in k and ".norm2." in k for k in frozen)  # a resnet's norm2 is not audio attention
+    assert all(torch.equal(trained[k], start[k]) for k in frozen)  # bit-identical
+    for part in ("temporal_layers.", "audio_projection.", "denoising_unet."):
+        assert any(not torch.equal(trained[k], start[k]) for k in trainable if k.startswith(part)), part
+
+
+def test_video_stage_needs_an_image_stage_teacher(manifest, straight_run, tmp_path):
+    result, lines = run_cli("--manifest", str(manifest), "--out", str(tmp_path / "a"), "--stage", "video")
+    assert result.exit_code == 2 and len(lines) == 1 and "--init-from" in lines[0] and "--stage image" in lines[0]
+    args = ["--manifest", str(manifest), "--out", str(tmp_path / "b"), "--stage", "video", "--init-from"]
+    result, lines = run_cli(*args, str(straight_run))
+    assert result.exit_code == 2 and len(lines) == 1 and "went through joint" in lines[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_image_stage_teacher_cannot_be_distilled(manifest, image_run, tmp_path):
+    args = ["distill", "--teacher", str(image_run), "--manifest", str(manifest), "--out", str(tmp_path / "s")]
+    result = runner.invoke(app, [*args, "--steps", "1", "--device", "cpu", "--quiet"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--stage video" in lines[0]
+    assert not (tmp_path / "s").exists()
+
+
+def test_lr_schedules():
+    from pipelines.training import TrainConfig, lr_factor
+
+    constant = TrainConfig(steps=100, warmup_steps=10)
+    assert [lr_factor(s, constant) for s in (0, 4, 9, 10, 99)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    cosine = TrainConfig(steps=110, warmup_steps=10, lr_schedule="cosine", lr_min_ratio=0.1)
+    assert lr_factor(9, cosine) == 1.0 and lr_factor(10, cosine) == 1.0
+    assert lr_factor(60, cosine) == pytest.approx(0.55)  # half-way: the mean of 1 and 0.1
+    assert lr_factor(110, cosine) == pytest.approx(0.1) and lr_factor(500, cosine) == pytest.approx(0.1)
+    with pytest.raises(UsageError, match="--lr-schedule 'step' is not valid"):
+        TrainConfig(lr_schedule="step")
