@@ -164,8 +164,8 @@ def window_solver_indices(k: Number, n: int, K: int = 4) -> torch.Tensor:
             f"timesteps (K={K}); pick n with 1000/(K·n) an integer, e.g. 5, 10 or 25."
         )
     stride = NUM_TRAIN_TIMESTEPS // (K * n)  # ᾱ indices per solver step
-    j = torch.arange(n + 1)
     k_t = torch.as_tensor(k).long()
+    j = torch.arange(n + 1, device=k_t.device)  # on k's device: k lives on the model's during distillation
     start = k_t.unsqueeze(-1) * (NUM_TRAIN_TIMESTEPS // K)  # 1000·t_k
     return (start - j * stride - 1).clamp_min(0)
 

@@ -125,6 +125,10 @@ def test_window_solver_indices():
     assert batch.shape == (2, 26) and batch[0, 1].item() == 739 and batch[1, -1].item() == 249
     with pytest.raises(UsageError, match="--solver-steps 7"):
         fm.window_solver_indices(4, 7)
+    # k on the model's device (meta stands in for cuda here): the indices follow it, as
+    # distillation needs (a CPU arange combined with a CUDA k crashed its first step)
+    on_meta = fm.window_solver_indices(torch.tensor([3, 2], device="meta"), 25)
+    assert on_meta.device.type == "meta" and on_meta.shape == (2, 26)
 
 
 def test_window_lambda_eta_sd15(ac):
