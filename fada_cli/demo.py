@@ -19,7 +19,9 @@ def _format(value: float | None, spec: str) -> str:
 
 def demo_table(summary: dict) -> Table:
     """One row per mode: NFE, s per video s, speed-up, sync / E-FID / IQA proxies."""
-    table = Table(title=f"fada demo ({summary['model_preset']} preset, teacher {summary['teacher']['steps']} steps)")
+    stages = summary["teacher"]["stages"]
+    steps = f"teacher {stages['image']['steps']} image + {stages['video']['steps']} video steps"
+    table = Table(title=f"fada demo ({summary['model_preset']} preset, {steps})")
     for name in ("mode", "NFE", "s / video s", "speed-up", "sync proxy ↑", "E-FID proxy ↓", "IQA proxy ↑"):
         table.add_column(name, justify="left" if name == "mode" else "right")
     for mode, row in summary["modes"].items():
@@ -54,7 +56,8 @@ def command(
 ) -> None:
     """Run the whole lifecycle on the embedded demo dataset, on CPU.
 
-    demo-data → curate → train-teacher (one identity held out) → distill (fast and balanced) → generate
+    demo-data → curate → train-teacher (one identity held out; image stage, then video stage) →
+    distill (fast and balanced) → generate
     the held-out identity speaking its held-out clips → eval against those clips. Ends with a
     table per mode (NFE, seconds per video second, speed-up, sync / E-FID / IQA proxies), a
     contact sheet PNG and OUT/demo_summary.json. The teacher samples with 25 DDIM steps × 3 CFG

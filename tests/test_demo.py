@@ -86,7 +86,13 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert summary["modes"][mode]["speed_up"] > 0
     assert teacher["seconds_per_video_second"] > 0 and teacher["iqa_proxy"] > 0
     assert teacher["e_fid_proxy"] is None or teacher["e_fid_proxy"] >= 0
-    assert summary["teacher"]["steps"] >= 5 and (out / "teacher" / "fada_checkpoint.json").is_file()
+    # the teacher went through the image stage, then the video stage started from it
+    stages = summary["teacher"]["stages"]
+    assert stages["image"]["steps"] >= 5 and stages["video"]["steps"] >= 5
+    info = json.loads((out / "teacher" / "video" / "fada_checkpoint.json").read_text())
+    assert [entry["stage"] for entry in info["config"]["stages"]] == ["image", "video"]
+    assert info["config"]["stages"][0]["steps"] == stages["image"]["steps"]
+    assert summary["modes"]["teacher"]["checkpoint"] == str(out / "teacher" / "video")
     # the held-out identity is absent from training and is what was generated
     held = summary["held_out_identity"]
     train = pd.read_parquet(out / "curated" / "train.parquet")
