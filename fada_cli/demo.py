@@ -22,7 +22,8 @@ def demo_table(summary: dict) -> Table:
     stages = summary["teacher"]["stages"]
     steps = f"teacher {stages['image']['steps']} image + {stages['video']['steps']} video steps"
     table = Table(title=f"fada demo ({summary['model_preset']} preset, {steps})")
-    for name in ("mode", "NFE", "s / video s", "speed-up", "sync proxy ↑", "E-FID proxy ↓", "IQA proxy ↑"):
+    for name in ("mode", "NFE", "s / video s", "speed-up", "face found ↑", "sync proxy ↑", "E-FID proxy ↓",
+                 "IQA proxy ↑"):  # fmt: skip
         table.add_column(name, justify="left" if name == "mode" else "right")
     for mode, row in summary["modes"].items():
         table.add_row(
@@ -30,6 +31,7 @@ def demo_table(summary: dict) -> Table:
             str(row["nfe"]),
             _format(row["seconds_per_video_second"], ".2f"),
             _format(row["speed_up"], ".2f") + "×",
+            _format(row.get("face_rate"), ".0%"),
             _format(row["sync_proxy"], ".3f"),
             _format(row["e_fid_proxy"], ".3g"),
             _format(row["iqa_proxy"], ".3g"),
@@ -59,7 +61,8 @@ def command(
     demo-data → curate → train-teacher (one identity held out; image stage, then video stage) →
     distill (fast and balanced) → generate
     the held-out identity speaking its held-out clips → eval against those clips. Ends with a
-    table per mode (NFE, seconds per video second, speed-up, sync / E-FID / IQA proxies), a
+    table per mode (NFE, seconds per video second, speed-up, share of frames with a face found,
+    sync / E-FID / IQA proxies), a
     contact sheet PNG and OUT/demo_summary.json. The teacher samples with 25 DDIM steps × 3 CFG
     branches (NFE 75) unless --generate-steps says otherwise.
 

@@ -38,6 +38,7 @@ from pipelines.devices import resolve_device
 from pipelines.distill import DistillConfig, distill
 from pipelines.errors import UsageError
 from pipelines.evaluate import EvalConfig, evaluate
+from pipelines.faces import face_found_rate
 from pipelines.generate import GenerateConfig
 from pipelines.manifest import clip_path, write_manifest
 from pipelines.media import read_video
@@ -320,6 +321,8 @@ def generate_and_evaluate(out: Path, split: DemoSplit, checkpoints: dict[str, Pa
             "nfe": stats[0].nfe,
             "seconds_per_video_second": float(np.mean([s.seconds_per_video_second for s in stats])),
             **{name: values.get(name) for name in ("sync_proxy", "e_fid_proxy", "iqa_proxy")},
+            # share of generated frames where mediapipe finds a face (frames upscaled to 256 px)
+            "face_rate": float(np.mean([face_found_rate(read_video(Path(s.video))[0]) for s in stats])),
             "notes": {m.name: m.note for m in report.metrics if m.status == "insufficient"},
             "videos": [s.video for s in stats],
         }

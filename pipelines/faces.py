@@ -124,6 +124,18 @@ def detect_faces(frame_rgb: np.ndarray, min_confidence: float = 0.5) -> list[Fac
     return sorted(boxes, key=lambda box: -box.score)
 
 
+def face_found_rate(frames: np.ndarray, size: int = 256, min_confidence: float = 0.5) -> float:
+    """Share of ``frames`` (T, H, W, 3) uint8 in which `detect_faces` finds a face, each frame
+    upscaled (bicubic) to ``size`` × ``size`` first: the detector misses faces in small frames."""
+    import cv2
+
+    if len(frames) == 0:
+        raise ValueError("face_found_rate needs at least one frame")
+    found = [bool(detect_faces(cv2.resize(np.asarray(f), (size, size), interpolation=cv2.INTER_CUBIC), min_confidence))
+             for f in frames]  # fmt: skip
+    return sum(found) / len(found)
+
+
 def _landmarks_from(result, width: int, height: int) -> np.ndarray | None:
     if not result.multi_face_landmarks:
         return None

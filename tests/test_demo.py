@@ -39,6 +39,17 @@ def test_contact_sheet_layout():
     assert [int(sheet[24, label + c * 16 + 8, 0]) for c in range(1, 4)] == [90, 50, 0]
 
 
+def test_face_found_rate_counts_frames_with_a_face():
+    import skimage
+
+    from pipelines.faces import face_found_rate
+
+    face = np.asarray(Image.fromarray(skimage.data.astronaut()).crop((120, 0, 320, 200)).resize((64, 64)))
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert face_found_rate(np.stack([face, face, noise, noise])) == 0.5
+    assert face_found_rate(noise[None]) == 0.0
+
+
 def test_split_holds_one_identity_out():
     truth = pd.DataFrame({"clip_id": ["demo_0000", "demo_0001", "demo_0002", "demo_0003"]})
     truth["identity"] = ["id0", "id1", "id0", "id1"]
