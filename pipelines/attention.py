@@ -16,6 +16,10 @@ spatial transformer. Without a state (a plain `unet(...)` call) every piece acts
   equal its teacher;
 - `TemporalLayers`: one zero-initialised `TransformerTemporalModel` after every spatial
   transformer, attending across the F frames of each clip.
+
+Gradient checkpointing (`FadaModel.enable_gradient_checkpointing`) re-runs the spatial transformer
+blocks and the temporal layers in the backward pass with the same `fada` state: the reference net's
+recorder keeps its first recording, and every other processor only reads the state.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import get_timestep_embedding
@@ -78,7 +83,9 @@ class ReferenceRecorderProcessor(FadaAttnProcessor):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, fada=None):
         if fada is not None and fada.record is not None:
-            fada.record[self.name] = hidden_states  # (S·(1+M), L, C)
+            # first write wins: gradient checkpointing re-runs this block in the backward pass, and the
+            # recomputed states must not replace (or add to) the features the denoising net consumed
+            fada.record.setdefault(self.name, hidden_states)  # (S·(1+M), L, C)
         return attend(attn, hidden_states, hidden_states)
 
 
@@ -166,9 +173,12 @@ class TemporalLayers(ModelMixin, ConfigMixin):
     starts as the image model).
     """
 
+    _supports_gradient_checkpointing = True
+
     @register_to_config
     def __init__(self, channels: list[int], num_heads: int = 8, norm_num_groups: int = 32, max_frames: int = 32):
         super().__init__()
+        self.gradient_checkpointing = False  # set by `enable_gradient_checkpointing`; read by `TemporalHook`
         self.layers = torch.nn.ModuleList(
             TransformerTemporalModel(
                 num_attention_heads=num_heads,
@@ -197,16 +207,23 @@ class TemporalHook:
     copied hook at the copied temporal layer.
     """
 
-    def __init__(self, layer: TransformerTemporalModel):
+    def __init__(self, layer: TransformerTemporalModel, owner: TemporalLayers):
         self.layer = layer
+        self.owner = owner  # the `TemporalLayers` holding `layer`: its `gradient_checkpointing` flag
 
     def __call__(self, module, args, kwargs, output):
         fada = (kwargs.get("cross_attention_kwargs") or {}).get("fada")
         if fada is None or fada.num_frames <= 1:
             return output
         sample = output[0] if isinstance(output, tuple) else output.sample  # (S·F, C, h, w)
-        sample = self.layer(sample, num_frames=fada.num_frames, return_dict=False)[0]
+        if self.owner.gradient_checkpointing and torch.is_grad_enabled():  # as diffusers' own blocks decide
+            sample = torch.utils.checkpoint.checkpoint(self._temporal, sample, fada.num_frames, use_reentrant=False)
+        else:
+            sample = self._temporal(sample, fada.num_frames)
         return (sample, *output[1:]) if isinstance(output, tuple) else Transformer2DModelOutput(sample=sample)
+
+    def _temporal(self, sample: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return self.layer(sample, num_frames=num_frames, return_dict=False)[0]  # (S·F, C, h, w)
 
 
 def attach_temporal_layers(unet, temporal: TemporalLayers) -> list[torch.utils.hooks.RemovableHandle]:
@@ -215,7 +232,7 @@ def attach_temporal_layers(unet, temporal: TemporalLayers) -> list[torch.utils.h
     if len(spatial) != len(temporal.layers):
         raise ValueError(f"{len(temporal.layers)} temporal layers for {len(spatial)} spatial transformers")
     pairs = zip(spatial, temporal.layers, strict=True)
-    return [m.register_forward_hook(TemporalHook(layer), with_kwargs=True) for m, layer in pairs]
+    return [m.register_forward_hook(TemporalHook(layer, temporal), with_kwargs=True) for m, layer in pairs]
 
 
 class CfgConditioning(ModelMixin, ConfigMixin):

@@ -188,6 +188,17 @@ class FadaModel(torch.nn.Module):
     def device(self) -> torch.device:
         return self.denoising_unet.device
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of storing them (less memory, ~1/3 more compute).
+
+        Both UNets (diffusers' checkpointing of their resnets and transformer blocks) and every temporal
+        layer (`TemporalHook`); non-reentrant `torch.utils.checkpoint`, so the loss and the gradients are
+        those of a plain forward.
+        """
+        self.reference_unet.enable_gradient_checkpointing()
+        self.denoising_unet.enable_gradient_checkpointing()
+        self.temporal_layers.enable_gradient_checkpointing()
+
     def reset_counters(self) -> None:
         self.nfe_counter = self.denoising_net_calls = self.reference_net_calls = 0
 

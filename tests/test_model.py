@@ -305,3 +305,26 @@ def test_condition_dropout_rates():
     assert torch.all(drop_audio[drop_reference])  # dropping the reference always drops the audio too
     assert abs(drop_reference.float().mean().item() - 0.05) < 0.01
     assert abs((drop_audio & ~drop_reference).float().mean().item() - 0.10) < 0.01
+
+
+def test_student_gradients_are_the_same_with_gradient_checkpointing():
+    x = clip_inputs(get_preset("tiny"), batch=2)
+    args = (x["noisy"], torch.tensor([500.0, 20.0]), x["reference"], x["motion"], x["audio"])
+    drops = (torch.tensor([False, True]), torch.tensor([False, False]))
+    scales = (torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0]))
+
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = build_student_from_teacher(tiny_model(), "tokens").train()
+        torch.manual_seed(1)
+        with torch.no_grad():  # leave the zero inits so the CFG and temporal layers pass gradients on
+            for p in [*model.cfg_conditioning.parameters(), *model.temporal_layers.parameters()]:
+                p.add_(0.05 * torch.randn_like(p))
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model(*args, *drops, scales).square().mean().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys() and any(n.startswith("cfg_conditioning.") for n in plain)
+    for name, grad in plain.items():
+        assert torch.allclose(checkpointed[name], grad, atol=1e-5), name
