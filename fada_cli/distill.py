@@ -16,8 +16,10 @@ from fada_cli.options import (
     DeviceOption,
     EmaOption,
     GradAccumOption,
+    GradientCheckpointingOption,
     JsonOption,
     LrScheduleOption,
+    OptimizerOption,
     OverwriteOption,
     QuietOption,
     StepsOption,
@@ -82,6 +84,8 @@ def command(
     lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-5].")] = None,
     lr_schedule: LrScheduleOption = None,
     warmup_steps: WarmupStepsOption = None,
+    gradient_checkpointing: GradientCheckpointingOption = None,
+    optimizer: OptimizerOption = None,
     grad_accum: GradAccumOption = None,
     ema: EmaOption = None,
     checkpoint_every: CheckpointEveryOption = None,
@@ -99,7 +103,8 @@ def command(
     frozen teacher solves each PeRFlow window with DDIM (multi-CFG at per-sample scales in fast
     mode). Per-sample R = L_gt/L_distill and W go to OUT/supervision.csv, TensorBoard (OUT/tb/) and
     OUT/ratio_histogram.png. Bracketed defaults apply to a new run; with --resume, options left out
-    keep the checkpoint's values (only --steps and --checkpoint-every may change).
+    keep the checkpoint's values (only --steps, --checkpoint-every and --gradient-checkpointing may
+    change).
 
     Example:
 
@@ -118,7 +123,7 @@ def command(
         cfg_audio_range=_pair("--cfg-audio-range", cfg_audio_range),
         cfg_ref_range=_pair("--cfg-ref-range", cfg_ref_range), steps=steps, batch_size=batch_size, lr=lr,
         grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, seed=seed, lr_schedule=lr_schedule,
-        warmup_steps=warmup_steps,
+        warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
     )  # fmt: skip
     if resume:
         info = load_checkpoint_info(out, expect_stage=STAGE)

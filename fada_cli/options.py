@@ -29,6 +29,18 @@ LrScheduleOption = Annotated[
 WarmupStepsOption = Annotated[
     int | None, typer.Option("--warmup-steps", help="Linear learning-rate warm-up from 0 over N steps \\[0].")
 ]
+GradientCheckpointingOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in the backward pass (both UNets, temporal layers): less memory, slower; "
+        "may change on --resume \\[off].",
+    ),
+]
+OptimizerOption = Annotated[
+    str | None,
+    typer.Option("--optimizer", help="adamw or adamw8bit (bitsandbytes, 8-bit moments: less memory) \\[adamw]."),
+]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint in --out.")]
 AutocastDtypeOption = Annotated[
     str | None,

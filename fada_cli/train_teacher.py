@@ -16,8 +16,10 @@ from fada_cli.options import (
     DeviceOption,
     EmaOption,
     GradAccumOption,
+    GradientCheckpointingOption,
     JsonOption,
     LrScheduleOption,
+    OptimizerOption,
     OverwriteOption,
     QuietOption,
     StepsOption,
@@ -84,6 +86,8 @@ def command(
     snr_gamma: Annotated[float | None, Opt("--snr-gamma", help="γ of --loss-weighting min-snr \\[5].")] = None,
     lr_schedule: LrScheduleOption = None,
     warmup_steps: WarmupStepsOption = None,
+    gradient_checkpointing: GradientCheckpointingOption = None,
+    optimizer: OptimizerOption = None,
     audio_encoder: Annotated[
         str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder \\[mel].")
     ] = None,
@@ -102,8 +106,9 @@ def command(
 
     Writes a checkpoint folder every --checkpoint-every steps and at the end, with the loss curve in
     OUT/train_log.csv and TensorBoard events in OUT/tb/. Bracketed defaults apply to a new run; with
-    --resume, options left out keep the checkpoint's values (only --steps and --checkpoint-every may
-    change). Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m fada_cli.main train-teacher ...`.
+    --resume, options left out keep the checkpoint's values (only --steps, --checkpoint-every and
+    --gradient-checkpointing may change).
+    Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m fada_cli.main train-teacher ...`.
 
     Examples:
 
@@ -146,6 +151,7 @@ def command(
         torch_device, dtype, tier_list(tier), steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum,
         ema=ema, checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting, snr_gamma=snr_gamma,
         stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
+        gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
     )  # fmt: skip
     train_config = dataclasses.replace(train_config, **given)
 

@@ -174,6 +174,8 @@ def distill(
     else:
         torch.manual_seed(config.seed)
         student = build_student_from_teacher(teacher, config.cfg_conditioning, student_config.cfg_tokens)
+    if config.gradient_checkpointing:
+        student.enable_gradient_checkpointing()  # the teacher runs under no_grad: nothing to recompute
     params = {name: p for name, p in student.named_parameters() if p.requires_grad}
     optimizer, lr_scheduler = make_optimizer(params, config)
     ema = make_ema(params, config.ema)

@@ -247,6 +247,8 @@ def train_teacher(
         torch.manual_seed(train_config.seed)
         model = FadaModel.from_config(model_config)
     model.to(device)
+    if train_config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     params = set_trainable(model, train_config.stage, train_config.video_trainable)
     optimizer, lr_scheduler = make_optimizer(params, train_config)
     ema = make_ema(params, train_config.ema)

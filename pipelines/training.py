@@ -33,8 +33,11 @@ from pipelines.model_config import ModelConfig
 
 MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 TB_DIR = "tb"
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every"}  # TrainConfig fields --resume may change
+# TrainConfig fields --resume may change: the run length and bookkeeping, and gradient checkpointing
+# (it recomputes activations in the backward pass; the maths, and so the resumed run, stay the same)
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "gradient_checkpointing"}
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class TrainConfig:
     mixed_precision: str = "no"  # autocast precision: no (fp32) | bf16 | fp16 (weights stay fp32)
     lr_schedule: str = "constant"  # after the warm-up: constant | cosine (to lr_min_ratio·lr at `steps`)
     lr_min_ratio: float = 0.0  # cosine: the final learning rate as a fraction of lr
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 slower
+    optimizer: str = "adamw"  # adamw (torch) | adamw8bit (bitsandbytes; 8-bit moments, about 1/4 the state)
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum}
@@ -76,6 +81,8 @@ class TrainConfig:
             raise UsageError(f"lr_min_ratio {self.lr_min_ratio} is not valid; use a fraction in [0, 1].")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps {self.warmup_steps!r} is not valid; use a whole number >= 0.")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"--optimizer {self.optimizer!r} is not valid; use {' or '.join(OPTIMIZERS)}.")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -125,10 +132,20 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig):
-    """AdamW over ``params`` and its LR schedule (`lr_factor`)."""
-    optimizer = torch.optim.AdamW(
-        params.values(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
-    )
+    """AdamW (``config.optimizer``) over ``params`` and its LR schedule (`lr_factor`).
+
+    ``adamw8bit``: bitsandbytes' AdamW with block-wise 8-bit moments (Dettmers et al. 2022, "8-bit
+    Optimizers via Block-wise Quantization"); tensors under 4096 elements keep 32-bit moments.
+    """
+    kwargs = {"lr": config.lr, "betas": config.adam_betas, "weight_decay": config.weight_decay}
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError as exc:
+            raise UsageError("--optimizer adamw8bit needs bitsandbytes; pip install bitsandbytes.") from exc
+        optimizer = bitsandbytes.optim.AdamW8bit(params.values(), **kwargs)
+    else:
+        optimizer = torch.optim.AdamW(params.values(), **kwargs)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, config=config))
     return optimizer, lr_scheduler
 

@@ -170,9 +170,19 @@ def test_wrong_stage_checkpoints_are_errors(teacher, manifest, tmp_path):
         (["--solver-steps", "7"], "--solver-steps 7 does not divide a window"),
         (["--gt-weight", "fixed-x"], "--gt-weight 'fixed-x' is not valid"),
         (["--cfg-audio-range", "10,1"], "--cfg-audio-range 10.0,1.0 is not valid"),
+        (["--optimizer", "sgd"], "--optimizer 'sgd' is not valid; use adamw or adamw8bit."),
     ],
 )
 def test_bad_options_are_one_line_errors(teacher, manifest, tmp_path, options, message):
     result = distill(teacher, manifest, tmp_path / "out", *options)
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_gradient_checkpointing_and_8bit_adamw_run_and_are_recorded(teacher, manifest, tmp_path):
+    out = tmp_path / "memory"
+    result = distill(teacher, manifest, out, "--steps", "1", "--gradient-checkpointing", "--optimizer", "adamw8bit")
+    assert result.exit_code == 0, result.output
+    train = load_checkpoint_info(out, expect_stage="student").config["train"]
+    assert train["gradient_checkpointing"] is True and train["optimizer"] == "adamw8bit"
+    assert math.isfinite(float(rows(out / "train_log.csv")[0]["loss"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fada_cli.main import app
-from pipelines.checkpoint import load_checkpoint_info, save_checkpoint
+from pipelines.checkpoint import load_checkpoint_info, load_training_state, save_checkpoint
 from pipelines.errors import UsageError
 from pipelines.manifest import read_manifest, write_manifest
 from pipelines.model import FadaModel
@@ -138,6 +139,37 @@ def test_unreadable_clip(manifest, tmp_path):
     result, lines = run_cli("--manifest", str(bad), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1 and len(lines) == 1
     assert df.loc[1, "clip_id"] in lines[0] and "broken.mp4" in lines[0]
+
+
+def test_invalid_optimizer_is_a_one_line_error(manifest, tmp_path):
+    result, lines = run_cli("--manifest", str(manifest), "--out", str(tmp_path / "o"), "--optimizer", "sgd")
+    assert result.exit_code == 2 and lines == ["Error: --optimizer 'sgd' is not valid; use adamw or adamw8bit."]
+    assert not (tmp_path / "o").exists()
+
+
+def test_memory_options_are_recorded_and_gradient_checkpointing_may_change_on_resume(manifest, tmp_path):
+    memory = ["--gradient-checkpointing", "--optimizer", "adamw8bit", "--checkpoint-every", "1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for out, steps in ((straight, "2"), (resumed, "1")):
+        args = ["train-teacher", "--manifest", str(manifest), "--out", str(out), *TINY, *memory, "--steps", steps]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    train = load_checkpoint_info(resumed, expect_stage="teacher").config["train"]
+    assert train["gradient_checkpointing"] is True and train["optimizer"] == "adamw8bit"
+    tensors, _ = load_training_state(resumed)
+    assert any(v.dtype == torch.uint8 for v in tensors.values())  # the 8-bit moments are in the training state
+    resume = ["train-teacher", "--manifest", str(manifest), "--out", str(resumed), "--resume", "--quiet"]
+    changed = runner.invoke(app, [*resume, "--steps", "2", "--optimizer", "adamw"])
+    assert changed.exit_code == 2 and "['optimizer'] differ" in changed.stderr
+    result = runner.invoke(app, [*resume, "--steps", "2", "--no-gradient-checkpointing"])
+    assert result.exit_code == 0, result.output
+    train = load_checkpoint_info(resumed, expect_stage="teacher").config["train"]
+    assert train["gradient_checkpointing"] is False and train["optimizer"] == "adamw8bit"
+    # the resumed 8-bit run (without checkpointing) continues the uninterrupted one (with it)
+    expected, got = [float(r["loss"]) for r in log_rows(straight)], [float(r["loss"]) for r in log_rows(resumed)]
+    assert got == pytest.approx(expected, rel=1e-5)
+    expected, got = weights(straight), weights(resumed)
+    assert max(float((expected[k] - got[k]).abs().max()) for k in expected) < 1e-6
 
 
 def test_resume_from_a_student_checkpoint(manifest, tmp_path):
@@ -312,3 +344,56 @@ def test_lr_schedules():
     assert lr_factor(110, cosine) == pytest.approx(0.1) and lr_factor(500, cosine) == pytest.approx(0.1)
     with pytest.raises(UsageError, match="--lr-schedule 'step' is not valid"):
         TrainConfig(lr_schedule="step")
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(monkeypatch):
+    from pipelines.attention import ReferenceRecorderProcessor, TemporalHook
+
+    config = get_preset("tiny")
+    g = torch.Generator().manual_seed(5)
+    c, s, f, m = config.latent_channels, config.latent_size, config.frames_per_clip, config.motion_frames
+    batch = {
+        "frames": torch.randn(2, f, c, s, s, generator=g),
+        "reference": torch.randn(2, c, s, s, generator=g),
+        "motion": torch.randn(2, m, c, s, s, generator=g),
+        "audio_features": torch.randn(2, f, config.audio_window_size, config.audio_feature_dim, generator=g),
+    }
+    calls = {"recorder": 0, "temporal": 0}
+    for cls, method, key in (
+        (ReferenceRecorderProcessor, "__call__", "recorder"),
+        (TemporalHook, "_temporal", "temporal"),
+    ):
+        original = getattr(cls, method)
+
+        @functools.wraps(original)  # keeps the signature diffusers reads to pass `fada`
+        def counted(self, *args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, counted)
+
+    def loss_and_grads(checkpointing: bool):
+        torch.manual_seed(0)
+        model = FadaModel.from_config(config)
+        for layer in model.temporal_layers.layers:  # leave the zero init so the temporal layers get gradients
+            torch.nn.init.normal_(layer.proj_out.weight, std=0.1)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        calls.update(recorder=0, temporal=0)
+        alphas_cumprod = sd15_alphas_cumprod(torch.float32)
+        loss = teacher_loss(model, batch, alphas_cumprod, torch.Generator().manual_seed(1), config)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, dict(calls)
+
+    loss, grads, plain_calls = loss_and_grads(False)
+    loss_ckpt, grads_ckpt, ckpt_calls = loss_and_grads(True)
+    # the backward pass re-ran every recorder and temporal layer (checkpointing is on) ...
+    assert ckpt_calls == {k: 2 * v for k, v in plain_calls.items()} and plain_calls["temporal"] > 0
+    # ... and the loss and every gradient are those of the plain run, reference net included
+    assert torch.allclose(loss_ckpt, loss, atol=1e-6)
+    assert grads.keys() == grads_ckpt.keys()
+    assert any(n.startswith("reference_unet.") and g.abs().max() > 0 for n, g in grads.items())
+    assert any(n.startswith("temporal_layers.layers.0.transformer_blocks") for n in grads)
+    for name, grad in grads.items():
+        assert torch.allclose(grads_ckpt[name], grad, atol=1e-5), name
