@@ -189,7 +189,7 @@ class FadaModel(torch.nn.Module):
         return self.denoising_unet.device
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute activations in the backward pass instead of storing them (less memory, ~1/3 more compute).
+        """Recompute activations in the backward pass instead of storing them (less memory, one more forward).
 
         Both UNets (diffusers' checkpointing of their resnets and transformer blocks) and every temporal
         layer (`TemporalHook`); non-reentrant `torch.utils.checkpoint`, so the loss and the gradients are

@@ -58,7 +58,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # autocast precision: no (fp32) | bf16 | fp16 (weights stay fp32)
     lr_schedule: str = "constant"  # after the warm-up: constant | cosine (to lr_min_ratio·lr at `steps`)
     lr_min_ratio: float = 0.0  # cosine: the final learning rate as a fraction of lr
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 slower
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
     optimizer: str = "adamw"  # adamw (torch) | adamw8bit (bitsandbytes; 8-bit moments, about 1/4 the state)
 
     def __post_init__(self) -> None:
