@@ -70,6 +70,7 @@ class DemoConfig:
     image_batch_size: int = 8  # single frames per image-stage step
     teacher_lr: float = 1e-3  # AdamW learning rate of both teacher stages
     loss_weighting: str = "v"  # teacher loss weighting (`pipelines.train_teacher.loss_weights`)
+    teacher_ema: float = 0.0  # EMA decay of the teacher's weights (0 = off)
     eval_clips: int = 1  # held-out clips generated and evaluated per mode (a 3-s teacher video costs minutes)
     generate_steps: int | None = None  # DDIM steps of the teacher (None = its default, 25 → NFE 75)
     distill_lr: float = 1e-4  # AdamW learning rate of both students (short runs: larger than distill's default)
@@ -234,7 +235,7 @@ def curate_and_split(out: Path, config: DemoConfig, truth: pd.DataFrame, quiet: 
 def teacher_configs(config: DemoConfig) -> dict[str, TeacherTrainConfig]:
     """The image-stage and video-stage training configs of the demo recipe (probe-length steps)."""
     common = dict(steps=config.probe_steps, lr=config.teacher_lr, loss_weighting=config.loss_weighting,
-                  seed=config.seed, checkpoint_every=10**6)  # fmt: skip
+                  ema=config.teacher_ema, seed=config.seed, checkpoint_every=10**6)  # fmt: skip
     return {
         "image": TeacherTrainConfig(stage="image", batch_size=config.image_batch_size, **common),
         "video": TeacherTrainConfig(stage="video", batch_size=config.batch_size, **common),
