@@ -279,7 +279,11 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
         drop_audio = drop_reference = torch.zeros(b, dtype=torch.bool)
     else:
         drop_audio, drop_reference = sample_condition_dropout(b, *_dropout(unwrapped.config), generator=generator)
-    t, eps, cfg_a, cfg_r = t.to(device), eps.to(device), cfg_a.to(device), cfg_r.to(device)
+    # drawn on the CPU in float64 (the same numbers on every device); on the device in its exact
+    # dtype for time arithmetic: MPS has no float64, and moving a float64 tensor there raises
+    exact = fada_math.exact_dtype(device)
+    t, cfg_a, cfg_r = t.to(device, exact), cfg_a.to(device, exact), cfg_r.to(device, exact)
+    eps = eps.to(device)
     drop_audio, drop_reference = drop_audio.to(device), drop_reference.to(device)
     k = fada_math.window_of(t, K)  # (B,) long
 

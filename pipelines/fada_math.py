@@ -27,16 +27,21 @@ NUM_TRAIN_TIMESTEPS = 1000  # SD1.5 schedule length; t = 1 ↔ network timestep 
 _WINDOW_TOL = 1e-6  # t within this of a boundary counts as the boundary (float32 round-off)
 
 
-def _exact_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 on devices that have it (not MPS), else float32: the dtype for time arithmetic."""
-    return torch.float32 if x.device.type == "mps" else torch.float64
+def exact_dtype(where: torch.Tensor | torch.device) -> torch.dtype:
+    """float64 on devices that have it (not MPS), else float32: the dtype for time arithmetic.
+
+    ``where``: a tensor (its device) or a device.
+    """
+    device = where.device if isinstance(where, torch.Tensor) else torch.device(where)
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
-def per_sample(x: Number, like: torch.Tensor) -> Number:
-    """Reshape a per-sample tensor ``(B,)`` to ``(B, 1, …, 1)`` in ``like``'s dtype and device."""
+def per_sample(x: Number, like: torch.Tensor, dtype: torch.dtype | None = None) -> Number:
+    """Reshape a per-sample tensor ``(B,)`` to ``(B, 1, …, 1)`` on ``like``'s device, in ``dtype``
+    (default ``like``'s dtype)."""
     if not isinstance(x, torch.Tensor) or x.ndim == 0:
         return x
-    return x.to(like.device, like.dtype).reshape(x.shape + (1,) * (like.ndim - x.ndim))
+    return x.to(like.device, dtype or like.dtype).reshape(x.shape + (1,) * (like.ndim - x.ndim))
 
 
 # --- classifier-free guidance -------------------------------------------------------------
@@ -135,7 +140,7 @@ def window_of(t: Number, K: int = 4) -> Number:
     """
     if not isinstance(t, torch.Tensor):
         return int(window_of(torch.tensor(float(t), dtype=torch.float64), K))
-    k = torch.ceil(t.to(_exact_dtype(t)) * K - _WINDOW_TOL)
+    k = torch.ceil(t.to(exact_dtype(t)) * K - _WINDOW_TOL)
     return k.clamp(1, K).long()
 
 
@@ -147,7 +152,7 @@ def boundary_index(t: Number) -> Number:
     """
     if not isinstance(t, torch.Tensor):
         return max(round(NUM_TRAIN_TIMESTEPS * float(t) - 1), 0)
-    return torch.round(t.to(_exact_dtype(t)) * NUM_TRAIN_TIMESTEPS - 1).clamp_min(0).long()
+    return torch.round(t.to(exact_dtype(t)) * NUM_TRAIN_TIMESTEPS - 1).clamp_min(0).long()
 
 
 def window_solver_indices(k: Number, n: int, K: int = 4) -> torch.Tensor:
@@ -197,7 +202,7 @@ def perflow_student_input(z_start, z_end, t: Number, k: Number, K: int = 4) -> t
     ẑ_t = z_s + (t − t_k)/(t_{k−1} − t_k)·(ẑ_e − z_s) = z_s + (k − K·t)·(ẑ_e − z_s).
     ``t``, ``k``: floats or per-sample ``(B,)`` tensors; ``z_*``: ``(B, ...)``.
     """
-    dtype, device = _exact_dtype(z_start), z_start.device
+    dtype, device = exact_dtype(z_start), z_start.device
     r = torch.as_tensor(k, dtype=dtype, device=device) - K * torch.as_tensor(t, dtype=dtype, device=device)
     r = per_sample(r, z_start)
     return z_start + r * (z_end - z_start)

@@ -38,13 +38,22 @@ def ddim_timesteps(num_steps: int = 25) -> list[int]:
     return [i * stride + 1 for i in range(num_steps - 1, -1, -1)]
 
 
+def schedule_dtype(z: torch.Tensor) -> torch.dtype:
+    """The dtype for ᾱ arithmetic beside latents ``z``: at least float32.
+
+    In bf16/fp16, ᾱ near 1 rounds to 1 (ᾱ_0 = 0.99915 → 1.0 in bf16), so √(1−ᾱ) would be 0.
+    """
+    return torch.promote_types(z.dtype, torch.float32)
+
+
 def _ddim_update(eps, z, a_t, a_prev):
     """DDIM η = 0 update between noise levels ᾱ_t → ᾱ_prev (per-sample or scalar ᾱ).
 
-    x̂_0 = (z − √(1−ᾱ_t)·ε)/√ᾱ_t;  z_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev)·ε.
+    x̂_0 = (z − √(1−ᾱ_t)·ε)/√ᾱ_t;  z_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev)·ε. ᾱ stays in
+    `schedule_dtype`; the result is in z's dtype.
     """
-    a_t = fada_math.per_sample(a_t, z)
-    a_prev = fada_math.per_sample(a_prev, z)
+    a_t = fada_math.per_sample(a_t, z, schedule_dtype(z))
+    a_prev = fada_math.per_sample(a_prev, z, schedule_dtype(z))
     x0 = (z - (1 - a_t) ** 0.5 * eps) / a_t**0.5
     return (a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps).to(z.dtype)
 
@@ -55,16 +64,16 @@ def ddim_step(eps, z, t: int, t_prev: int | None, alphas_cumprod: torch.Tensor) 
     ``t_prev=None`` is the final step, to ᾱ_0 (``set_alpha_to_one=False``). Equals
     diffusers' ``DDIMScheduler.step(...).prev_sample`` with the settings above.
     """
-    a_t = alphas_cumprod[t].to(z.device, z.dtype)
-    a_prev = alphas_cumprod[0 if t_prev is None else t_prev].to(z.device, z.dtype)
+    a_t = alphas_cumprod[t].to(z.device, schedule_dtype(z))
+    a_prev = alphas_cumprod[0 if t_prev is None else t_prev].to(z.device, schedule_dtype(z))
     return _ddim_update(eps, z, a_t, a_prev)
 
 
 def add_noise(z0, eps, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """DDPM forward process q(z_t | z_0): z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε, t a LongTensor (B,)."""
-    a = alphas_cumprod.to(z0.device)[t.to(z0.device)].to(z0.dtype)
-    a = fada_math.per_sample(a, z0)
-    return a**0.5 * z0 + (1 - a) ** 0.5 * eps
+    """DDPM forward process q(z_t | z_0): z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε, t a LongTensor (B,); z0's dtype."""
+    a = alphas_cumprod.to(z0.device)[t.to(z0.device)]
+    a = fada_math.per_sample(a, z0, schedule_dtype(z0))
+    return (a**0.5 * z0 + (1 - a) ** 0.5 * eps).to(z0.dtype)
 
 
 class DDIMSampler:
@@ -122,5 +131,5 @@ def solve_window(
     with torch.no_grad():
         for j in range(n):
             eps = eps_fn(z, idx[:, j])
-            z = _ddim_update(eps, z, ac[idx[:, j]].to(z.dtype), ac[idx[:, j + 1]].to(z.dtype))
+            z = _ddim_update(eps, z, ac[idx[:, j]], ac[idx[:, j + 1]])
     return z
