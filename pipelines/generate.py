@@ -8,6 +8,10 @@ branches (ε_a, ε_r, ε_b) batched in one forward per step (Eq. 9), NFE-D 25 ×
 student is PeRFlow (SPEC §4 Inference) with the same three branches, 6 × 3 = 18; a fast student
 is PeRFlow with one forward per step, the CFG scales entering as CFG tokens (Eq. 10), 6 × 1 = 6.
 
+Long speech runs in bounded memory: the loop holds one clip (and its motion frames), each clip's
+audio features come from a window of the speech (`AudioFeatureWindows`), and its frames go to the
+mp4 encoder (`media.VideoWriter`) as soon as it is decoded.
+
 Silent (all-zero) speech is allowed — it is the control condition of the mouth/audio check —
 and only logs a warning; speech shorter than one video frame (40 ms) is an error.
 """
