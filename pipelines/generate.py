@@ -8,6 +8,10 @@ branches (ε_a, ε_r, ε_b) batched in one forward per step (Eq. 9), NFE-D 25 ×
 student is PeRFlow (SPEC §4 Inference) with the same three branches, 6 × 3 = 18; a fast student
 is PeRFlow with one forward per step, the CFG scales entering as CFG tokens (Eq. 10), 6 × 1 = 6.
 
+Long speech runs in bounded memory: the loop holds one clip (and its motion frames), each clip's
+audio features come from a window of the speech (`AudioFeatureWindows`), and its frames go to the
+mp4 encoder (`media.VideoWriter`) as soon as it is decoded.
+
 Silent (all-zero) speech is allowed — it is the control condition of the mouth/audio check —
 and only logs a warning; speech shorter than one video frame (40 ms) is an error.
 """
@@ -30,7 +34,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines import fada_math, media
-from pipelines.audio import frame_audio_features
+from pipelines.audio import AudioFeatureWindows, build_audio_encoder
 from pipelines.checkpoint import CheckpointInfo, load_checkpoint_info
 from pipelines.devices import resolve_device, resolve_dtype
 from pipelines.errors import CheckpointError, InputFileError, MediaError, UsageError
@@ -307,10 +311,11 @@ def generate(
     scheduler = strategy.make_scheduler(steps)
     portrait = crop_portrait(portrait_rgb, model.config.sample_size, config.crop, config.crop_scale, image)
 
-    # 2. audio features once for the whole speech, padded with silence to whole clips
+    # 2. the clip layout; audio features come clip by clip (step 4), from a window of the speech
     total_frames = round(len(speech) * media.VIDEO_FPS / media.AUDIO_SR)
     n_clips = math.ceil(total_frames / frames_per_clip)
-    features = frame_audio_features(speech, n_clips * frames_per_clip, model.config)  # (n_clips·F, W, D_feat)
+    audio_encoder = build_audio_encoder(model.config).to(device)
+    audio_windows = AudioFeatureWindows(speech, n_clips * frames_per_clip, audio_encoder, device)  # padded: silence
 
     # 3. the reference latent; the first clip's motion frames are the reference repeated
     with torch.no_grad():
@@ -319,15 +324,18 @@ def generate(
         motion_latents = reference_latent[:, None].expand(1, motion_frames, *reference_latent.shape[1:])
     generator = torch.Generator().manual_seed(config.seed)
     nfe_per_clip: list[int] = []
-    video = []
+    out_mp4.parent.mkdir(parents=True, exist_ok=True)
 
-    with torch.no_grad(), make_progress(quiet) as progress:
+    # each clip's frames go to the mp4 encoder as soon as it is decoded: memory does not grow with the speech
+    writer = media.VideoWriter(out_mp4, fps=media.VIDEO_FPS, audio=speech, audio_sr=media.AUDIO_SR)
+    with torch.no_grad(), make_progress(quiet) as progress, writer:
         task = progress.add_task("denoising", total=n_clips * steps)
         for clip in range(n_clips):
             progress.update(task, description=f"clip {clip + 1}/{n_clips}")
-            # 4. reference features ONCE per clip, shared by every denoising step and branch
+            # 4. reference features ONCE per clip, shared by every denoising step and branch; the clip's audio
             reference = model.reference_features(reference_latent, motion_latents)
-            window = features[clip * frames_per_clip : (clip + 1) * frames_per_clip]  # (F, W, D_feat)
+            first = clip * frames_per_clip
+            window = audio_windows(first, first + frames_per_clip)  # (F, W, D_feat)
             audio_tokens = model.audio_tokens(window[None].to(device))  # (1, F, N, D)
 
             # 5. denoising loop from seeded noise
@@ -342,13 +350,13 @@ def generate(
 
             # 6. decode; the last M frames become the next clip's motion frames
             images = model.decode_latents(z.to(dtype))[0].clamp(-1, 1)  # (F, 3, H, W)
-            video.append(to_uint8_frames(images))
             motion_latents = model.encode_images(images[None, -motion_frames:])  # (1, M, C, h, w)
 
-    # 7. write the mp4 with the speech muxed, then the stats beside it
-    frames = np.concatenate(video)[:total_frames]  # (T, H, W, 3), padding trimmed
-    out_mp4.parent.mkdir(parents=True, exist_ok=True)
-    media.write_video(out_mp4, frames, fps=media.VIDEO_FPS, audio=speech, audio_sr=media.AUDIO_SR)
+            # 7. the clip's frames (the padding past the speech trimmed) to the mp4, with the speech up to them
+            writer.write(to_uint8_frames(images[: total_frames - first]))  # (≤F, H, W, 3)
+            del images
+
+    # 8. the stats beside the mp4 (which appeared when the writer closed)
     memory_mb, memory_source = peak_memory(device)
     seconds = time.perf_counter() - started
     audio_seconds = len(speech) / media.AUDIO_SR
@@ -364,7 +372,7 @@ def generate(
         cfg_audio=config.cfg_audio,
         cfg_ref=config.cfg_ref,
         seed=config.seed,
-        frames=int(frames.shape[0]),
+        frames=writer.frames_written,
         fps=media.VIDEO_FPS,
         audio_seconds=audio_seconds,
         clips=n_clips,

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -313,6 +314,106 @@ def _check_audio(audio: np.ndarray, path: Path) -> np.ndarray:
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
+class VideoWriter:
+    """A streaming H.264 yuv420p mp4 writer: frames go to the encoder as they arrive, in any batches.
+
+    ``with VideoWriter(path, audio=speech) as writer: writer.write(frames)`` — each `write` takes
+    ``(T, H, W, 3)`` RGB uint8 frames of one size, encodes them at once and muxes the speech
+    (mono AAC, given whole up front) up to the end of the frames written so far, so neither the
+    frames nor the encoded packets pile up in memory. Video frame i has pts i / fps and audio
+    sample j has pts j / audio_sr, both from 0. The file is written to a temporary name in the
+    destination folder and renamed over ``path`` only when the block ends without an error;
+    on an error (or with no frames written) nothing is left behind.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float = VIDEO_FPS,
+        audio: np.ndarray | None = None,
+        audio_sr: int = AUDIO_SR,
+        crf: int = 18,
+    ):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in WRITE_VIDEO_SUFFIXES:
+            raise MediaError(f"cannot write {self.path}: only .mp4 video output is supported; use a .mp4 name.")
+        self.audio = None if audio is None else _check_audio(audio, self.path)
+        self.rate = Fraction(fps).limit_denominator(1001)
+        if self.rate <= 0:
+            raise MediaError(f"cannot write {self.path}: fps must be positive, got {fps}.")
+        self.audio_sr = int(audio_sr)
+        self.crf = crf
+        self.frames_written = 0  # video frames encoded so far
+        self._audio_done = 0  # audio samples encoded so far
+        self._stack: ExitStack | None = None
+        self._container = self._video = self._sound = None
+
+    def __enter__(self) -> VideoWriter:
+        self._stack = ExitStack()
+        self._tmp = self._stack.enter_context(_atomic_target(self.path))
+        return self
+
+    def _open(self, width: int, height: int) -> None:
+        self._container = self._stack.enter_context(av.open(str(self._tmp), mode="w", format="mp4"))
+        self._video = self._container.add_stream("libx264", rate=self.rate)
+        self._video.width, self._video.height = width, height
+        self._video.pix_fmt = "yuv420p"
+        self._video.codec_context.time_base = 1 / self.rate
+        self._video.options = {"crf": str(self.crf), "preset": "medium"}
+        if self.audio is not None:
+            self._sound = self._container.add_stream("aac", rate=self.audio_sr, layout="mono")
+            self._sound.codec_context.time_base = Fraction(1, self.audio_sr)
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode ``(T, H, W, 3)`` RGB uint8 frames now, then the speech up to their end."""
+        if self._stack is None:
+            raise MediaError(f"cannot write {self.path}: use the VideoWriter inside a `with` block.")
+        frames = _check_frames(frames, self.path)
+        if self._container is None:
+            self._open(frames.shape[2], frames.shape[1])
+        elif (frames.shape[2], frames.shape[1]) != (self._video.width, self._video.height):
+            raise MediaError(
+                f"cannot write {self.path}: frames of {frames.shape[2]}x{frames.shape[1]} after "
+                f"{self._video.width}x{self._video.height} ones; every frame of a video must have one size."
+            )
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = self.frames_written
+            self._container.mux(self._video.encode(frame))
+            self.frames_written += 1
+        self._write_audio(until=math.floor(self.frames_written / self.rate * self.audio_sr))
+
+    def _write_audio(self, until: int | None) -> None:
+        """Encode the speech's whole AAC frames that end by sample ``until`` (None: all that is left)."""
+        if self._sound is None:
+            return
+        chunk = self._sound.codec_context.frame_size or 1024  # AAC takes exactly frame_size samples per frame
+        while self._audio_done < len(self.audio) and (until is None or self._audio_done + chunk <= until):
+            start = self._audio_done
+            samples = self.audio[None, start : start + chunk]  # (1, ≤ chunk)
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate = self.audio_sr
+            frame.pts = start  # time base 1 / audio_sr: audio starts at 0 with video
+            self._container.mux(self._sound.encode(frame))
+            self._audio_done += samples.shape[1]
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        stack, self._stack = self._stack, None
+        if exc_type is None:
+            try:
+                if self._container is None:
+                    raise MediaError(f"cannot write {self.path}: no frames given.")
+                self._container.mux(self._video.encode())  # flush the encoder's look-ahead
+                self._write_audio(until=None)
+                if self._sound is not None:
+                    self._container.mux(self._sound.encode())
+            except Exception:
+                if not stack.__exit__(*sys.exc_info()):  # closes and deletes the temporary file
+                    raise
+                return False
+        return stack.__exit__(exc_type, exc, traceback)
+
+
 def write_video(
     path: str | Path,
     frames: np.ndarray,
@@ -324,40 +425,12 @@ def write_video(
     """Write ``(T, H, W, 3)`` RGB uint8 frames as H.264 yuv420p mp4, with mono AAC audio if given.
 
     Video frame i has pts i / fps and audio sample j has pts j / audio_sr, both from 0, so the
-    file's audio is aligned to frame 0. The file appears atomically.
+    file's audio is aligned to frame 0. The file appears atomically. `VideoWriter` in one go.
     """
-    path = Path(path)
-    if path.suffix.lower() not in WRITE_VIDEO_SUFFIXES:
-        raise MediaError(f"cannot write {path}: only .mp4 video output is supported; use a .mp4 name.")
-    frames = _check_frames(frames, path)
-    if audio is not None:
-        audio = _check_audio(audio, path)
-    rate = Fraction(fps).limit_denominator(1001)
-    if rate <= 0:
-        raise MediaError(f"cannot write {path}: fps must be positive, got {fps}.")
-    with _atomic_target(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=rate)
-        video.width, video.height = frames.shape[2], frames.shape[1]
-        video.pix_fmt = "yuv420p"
-        video.codec_context.time_base = 1 / rate
-        video.options = {"crf": str(crf), "preset": "medium"}
-        sound = None
-        if audio is not None:
-            sound = container.add_stream("aac", rate=int(audio_sr), layout="mono")
-            sound.codec_context.time_base = Fraction(1, int(audio_sr))
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
-        if sound is not None:
-            chunk = sound.codec_context.frame_size or 1024  # AAC takes exactly frame_size samples per frame
-            for start in range(0, len(audio), chunk):
-                frame = av.AudioFrame.from_ndarray(audio[None, start : start + chunk], format="fltp", layout="mono")
-                frame.sample_rate = int(audio_sr)
-                frame.pts = start  # time base 1 / audio_sr: audio starts at 0 with video
-                container.mux(sound.encode(frame))
-            container.mux(sound.encode())
+    writer = VideoWriter(path, fps=fps, audio=audio, audio_sr=audio_sr, crf=crf)
+    frames = _check_frames(frames, writer.path)
+    with writer:
+        writer.write(frames)
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sr: int = AUDIO_SR) -> None:

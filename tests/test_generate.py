@@ -260,3 +260,56 @@ def test_image_stage_teacher_generates_with_reference_guidance_only(inputs, tmp_
     result = _generate(joint, portrait, short, tmp_path / "joint.mp4", "--steps", "2", "--cfg-audio", "0")
     assert result.exit_code == 0, result.output
     assert np.array_equal(media.read_video(tmp_path / "image.mp4")[0], media.read_video(tmp_path / "joint.mp4")[0])
+
+
+# --- long speech with bounded memory ------------------------------------------------------------
+
+LONG_S = 4.36  # 109 frames: 28 clips of F = 4
+
+
+def test_long_speech_streams_clip_by_clip_to_the_writer(teacher, inputs, tmp_path, monkeypatch):
+    """Each clip reaches the mp4 writer as soon as it is decoded, never more than F frames at a time."""
+    portrait, _, _ = inputs
+    long_speech = _write_speech(tmp_path / "long.wav", LONG_S)
+    decoded, writes = [], []  # clips decoded so far; (frames written, clips decoded at that moment)
+    original_decode = FadaModel.decode_latents
+
+    def counting_decode(self, latents):
+        decoded.append(latents.shape[1])
+        return original_decode(self, latents)
+
+    class SpyWriter(media.VideoWriter):
+        def write(self, frames):
+            writes.append((len(frames), len(decoded)))
+            super().write(frames)
+
+    monkeypatch.setattr(FadaModel, "decode_latents", counting_decode)
+    monkeypatch.setattr(media, "VideoWriter", SpyWriter)
+    out = tmp_path / "long.mp4"
+    result = _generate(teacher, portrait, long_speech, out, "--steps", "1")
+    assert result.exit_code == 0, result.output
+    expected = round(25 * LONG_S)
+    assert media.probe_video(out).n_frames == expected == json.loads(out.with_suffix(".json").read_text())["frames"]
+    clips = math.ceil(expected / 4)
+    assert len(decoded) == clips and set(decoded) == {4}
+    assert [clip for _, clip in writes] == list(range(1, clips + 1))  # clip k written before clip k + 1 is decoded
+    assert [n for n, _ in writes] == [4] * (clips - 1) + [expected - 4 * (clips - 1)]  # one clip at a time, trimmed
+
+
+def test_a_failure_mid_generation_leaves_no_file(teacher, inputs, tmp_path, monkeypatch):
+    portrait, speech, _ = inputs
+    original_decode = FadaModel.decode_latents
+    calls = []
+
+    def failing_decode(self, latents):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory in clip 3")
+        return original_decode(self, latents)
+
+    monkeypatch.setattr(FadaModel, "decode_latents", failing_decode)
+    from pipelines.generate import GenerateConfig, generate
+
+    with pytest.raises(RuntimeError, match="clip 3"):
+        generate(teacher, portrait, speech, tmp_path / "talk.mp4", GenerateConfig(steps=1), device="cpu", quiet=True)
+    assert list(tmp_path.iterdir()) == []  # neither the mp4 nor its temporary file nor the stats

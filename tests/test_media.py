@@ -9,6 +9,7 @@ import soundfile as sf
 from pipelines.errors import MediaError
 from pipelines.media import (
     AUDIO_SR,
+    VideoWriter,
     _atomic_target,
     iter_video,
     probe_video,
@@ -200,3 +201,33 @@ def test_atomic_target_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("encoder died")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def test_video_writer_streams_batches_into_the_same_video(tmp_path):
+    """Frames written in uneven batches decode like one `write_video`, the click still on frame 17."""
+    frames, audio = ramp_frames(40), click_audio(1.6, click_frame=17)
+    write_video(tmp_path / "whole.mp4", frames, audio=audio)
+    with VideoWriter(tmp_path / "streamed.mp4", audio=audio) as writer:
+        for start, stop in ((0, 4), (4, 5), (5, 23), (23, 40)):
+            writer.write(frames[start:stop])
+            assert writer.frames_written == stop
+            assert not (tmp_path / "streamed.mp4").exists()  # the file appears only when the block ends
+    whole, streamed = read_video(tmp_path / "whole.mp4")[0], read_video(tmp_path / "streamed.mp4")[0]
+    assert np.array_equal(whole, streamed)
+    sound = read_audio(tmp_path / "streamed.mp4")
+    np.testing.assert_allclose(sound, read_audio(tmp_path / "whole.mp4"), atol=1e-6)
+    assert abs(click_time(sound) - 17 / FPS) <= 0.040
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mp4", "whole.mp4"]
+
+
+def test_video_writer_leaves_nothing_on_error(tmp_path):
+    path = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="model died"), VideoWriter(path, audio=click_audio(1.0, 3)) as writer:
+        writer.write(ramp_frames(8))
+        raise RuntimeError("model died")
+    with pytest.raises(MediaError, match="16x16 after 48x32"), VideoWriter(path) as writer:
+        writer.write(ramp_frames(2))
+        writer.write(ramp_frames(2, height=16, width=16))
+    with pytest.raises(MediaError, match="no frames given"), VideoWriter(path):
+        pass
+    assert list(tmp_path.iterdir()) == []
