@@ -205,6 +205,13 @@ CPU_ON_PURPOSE = {
     ("pipelines/audio.py", "MelEncoder.frame_features", "hann_window"): "CPU STFT of a CPU waveform",
     ("pipelines/audio.py", "frame_audio_features", "as_tensor"): "the waveform, CPU",
     ("pipelines/audio.py", "frame_audio_features", "arange"): "window index into CPU features",
+    (
+        "pipelines/audio.py",
+        "AudioFeatureWindows.__init__",
+        "as_tensor",
+    ): "the waveform, CPU; windows move to the device",
+    ("pipelines/audio.py", "AudioFeatureWindows.__call__", "arange"): "frame index, moved to the features' device",
+    ("pipelines/audio.py", "Wav2Vec2Encoder.frame_features_window", "arange"): "resampling positions, moved",
     # data on the CPU: batches are moved to the device by the training loops
     ("pipelines/data.py", "ClipDataset._decode", "from_numpy"): "decoded video frames",
     ("pipelines/checkpoint.py", "pack_state.encode", "from_numpy"): "saved to safetensors from the CPU",
