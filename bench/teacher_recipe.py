@@ -338,7 +338,8 @@ def report(work: Path, data: dict) -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['description']} | {fmt(r['cpu_minutes'], '.1f')}"
+            f"| {r['variant']} | {r['description']}{'' if r['finished'] else ' (stopped early)'}"
+            f" | {fmt(r['cpu_minutes'], '.1f')}"
             f" | {fmt(r['minutes_to_face'], '.1f')}"
             f" | {fmt(r['x0_961'], '.4f')} | {fmt(r['x0_401'], '.4f')} | {fmt(r['copy_reference'], '.4f')}"
             f" | {fmt(r['face_rate'], '.2f')} | {fmt(r['face_rate_3s'], '.2f')} | {fmt(r['r_speech'], '.2f')}"
