@@ -38,3 +38,22 @@ def launch_two_processes(*fada_args: str) -> subprocess.CompletedProcess:
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fada_cli.main"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([*command, *fada_args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def save_tiny_wav2vec2(folder: Path, **overrides) -> Path:
+    """A tiny random `transformers.Wav2Vec2Model` (hidden size 16) saved into ``folder`` (seed 0)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        **overrides,
+    )
+    Wav2Vec2Model(config).save_pretrained(folder)
+    return folder

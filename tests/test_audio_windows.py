@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_wav2vec2
 
 from pipelines.audio import (
     MelEncoder,
@@ -41,22 +42,11 @@ def test_window_outside_the_audio_is_an_error():
 @pytest.fixture(scope="module", params=["group", "layer"])
 def wav2vec2(request, tmp_path_factory):
     """A tiny random `Wav2Vec2Model` in a local folder: group-norm (as wav2vec2-base) or layer-norm extractor."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
+    folder = save_tiny_wav2vec2(
+        tmp_path_factory.mktemp("w2v") / "w2v",
         feat_extract_norm=request.param,
         do_stable_layer_norm=request.param == "layer",
     )
-    folder = tmp_path_factory.mktemp("w2v") / "w2v"
-    Wav2Vec2Model(config).save_pretrained(folder)
     return Wav2Vec2Encoder(folder, window=2)
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_wav2vec2
 from diffusers import UNet2DConditionModel
 
 from pipelines.audio import (
@@ -95,19 +96,7 @@ def test_mel_features_shape_alignment_and_edge_padding():
 
 
 def test_wav2vec2_loader_from_local_folder(tmp_path):
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    torch.manual_seed(0)
-    w2v_config = Wav2Vec2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(8,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-    )
-    Wav2Vec2Model(w2v_config).save_pretrained(tmp_path / "w2v")
+    save_tiny_wav2vec2(tmp_path / "w2v")
     config = with_audio_encoder(get_preset("tiny"), "wav2vec2", tmp_path / "w2v")
     assert config.audio_feature_dim == 16
     wav = np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 0.1
