@@ -68,9 +68,9 @@ class CheckpointInfo:
         """The teacher stages these weights went through, oldest first: ``[{"stage", "steps"}, …]``.
 
         Teachers written before `fada train-teacher --stage` existed trained everything at once:
-        one ``joint`` entry. A student reports its teacher's (recorded when it was distilled).
+        one ``joint`` entry.
         """
-        history = self.config.get("stages") or self.config.get("teacher_stages")
+        history = self.config.get("stages")
         return [dict(entry) for entry in history] if history else [{"stage": "joint", "steps": self.step}]
 
     @property
