@@ -113,6 +113,7 @@ def command(
     from pipelines.checkpoint import load_checkpoint_info
     from pipelines.devices import resolve_device
     from pipelines.distill import STAGE, DistillConfig, distill, expand_tiers
+    from pipelines.training import preset_defaults
 
     # 1. the starting config: defaults for a new run, the checkpoint's on --resume
     torch_device = resolve_device(device)
@@ -132,7 +133,8 @@ def command(
     else:
         if teacher is None:
             raise UsageError("--teacher is missing; pass the checkpoint folder written by `fada train-teacher`.")
-        config = DistillConfig(**given)
+        preset = load_checkpoint_info(teacher, expect_stage="teacher").config["model"]["preset"]
+        config = DistillConfig(**(preset_defaults(preset, torch_device) | given))  # sd15: fits one 80 GB GPU
 
     # 2. distil
     result = distill(teacher, manifest, out, config, torch_device, resume, overwrite, quiet)

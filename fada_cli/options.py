@@ -18,7 +18,9 @@ ExistingFile = Annotated[Path, typer.Argument(help="An existing file.")]
 # (with --resume an option left out keeps the checkpoint's value). `\[` keeps Rich from reading
 # the brackets as markup.
 StepsOption = Annotated[int | None, typer.Option("--steps", help="Optimiser steps in total \\[1000].")]
-BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", help="Clips per process per micro-batch \\[4].")]
+BatchSizeOption = Annotated[
+    int | None, typer.Option("--batch-size", help="Clips per process per micro-batch \\[4; sd15: 1].")
+]
 GradAccumOption = Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimiser step \\[1].")]
 EmaOption = Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights, 0 = off \\[0].")]
 CheckpointEveryOption = Annotated[int | None, typer.Option("--checkpoint-every", help="Save every N steps \\[500].")]
@@ -34,7 +36,7 @@ GradientCheckpointingOption = Annotated[
     typer.Option(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="Recompute activations in the backward pass (both UNets, temporal layers): less memory, slower; "
-        "may change on --resume \\[off].",
+        "may change on --resume \\[off; sd15: on].",
     ),
 ]
 OptimizerOption = Annotated[
@@ -44,7 +46,12 @@ OptimizerOption = Annotated[
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint in --out.")]
 AutocastDtypeOption = Annotated[
     str | None,
-    typer.Option("--dtype", help="Autocast precision: fp32, bf16 or fp16 (GPU); weights stay fp32 \\[fp32]."),
+    typer.Option(
+        "--mixed-precision",
+        "--dtype",
+        help="Autocast precision through accelerate: no (fp32), bf16 or fp16 (GPU, with loss scaling); trained "
+        "weights stay fp32, a frozen distillation teacher is held in it \\[no; sd15: bf16].",
+    ),
 ]
 TrainSeedOption = Annotated[
     int | None, typer.Option("--seed", help="Random seed; the same seed gives the same run \\[0].")

@@ -127,6 +127,7 @@ def command(
     from pipelines.devices import resolve_device
     from pipelines.model_config import ModelConfig, get_preset
     from pipelines.train_teacher import STAGE, TeacherTrainConfig, train_teacher
+    from pipelines.training import preset_defaults
 
     # 1. the starting configs: a preset for a new run, the checkpoint's on --resume, the starting
     # teacher's model config with --init-from
@@ -153,6 +154,8 @@ def command(
         stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
     )  # fmt: skip
+    if not resume:  # a new run of the sd15 preset starts from settings that fit one 80 GB GPU
+        train_config = dataclasses.replace(train_config, **preset_defaults(model_config.preset, torch_device))
     train_config = dataclasses.replace(train_config, **given)
 
     # 3. train

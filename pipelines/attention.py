@@ -9,7 +9,8 @@ spatial transformer. Without a state (a plain `unet(...)` call) every piece acts
 - reference net, attn1: `ReferenceRecorderProcessor` keeps the hidden states entering each
   self-attention (the reference features) and then attends as usual;
 - denoising net, attn1: `ReferenceAttnProcessor` — keys/values are [own states, reference features
-  of the matching layer]; a sample whose reference is dropped has the reference part masked out;
+  of the matching layer], the reference part projected once per clip and shared by its F frames; a
+  sample whose reference is dropped has the reference part masked out;
 - denoising net, attn2: `AudioAttnProcessor` — cross-attention to the per-frame audio tokens
   (frames folded into the batch), then, for a student, the CFG layer: one more cross-attention to
   the CFG embedding tokens (Eq. 10) whose zero-initialised output projection makes a fresh student
@@ -58,8 +59,12 @@ def attend(attn: Attention, queries: torch.Tensor, context: torch.Tensor, mask: 
 
     queries (N, Lq, Cq), context (N, Lk, Ck), mask None or bool (N, 1, 1, Lk) → (N, Lq, Cq).
     """
-    n = queries.shape[0]
-    q, k, v = attn.to_q(queries), attn.to_k(context), attn.to_v(context)
+    return attend_projected(attn, attn.to_q(queries), attn.to_k(context), attn.to_v(context), mask)
+
+
+def attend_projected(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None):
+    """`attend` from projected queries (N, Lq, inner), keys and values (N, Lk, inner) → (N, Lq, Cq)."""
+    n = q.shape[0]
     head_dim = k.shape[-1] // attn.heads
     q, k, v = (x.view(n, -1, attn.heads, head_dim).transpose(1, 2) for x in (q, k, v))  # (N, heads, L, d)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -98,13 +103,18 @@ class ReferenceAttnProcessor(FadaAttnProcessor):
         frames = fada.num_frames
         reference = fada.reference[self.name]  # (S, Lr, C)
         n, length, _ = hidden_states.shape  # n = S·F
-        context = torch.cat([hidden_states, reference.repeat_interleave(frames, dim=0)], dim=1)  # (S·F, L+Lr, C)
+        # the reference keys and values are projected once per clip and shared by its F frames: F× less
+        # projection work, and training saves the (S, Lr, C) input instead of F copies of it
+        k_ref = attn.to_k(reference).repeat_interleave(frames, dim=0)  # (S·F, Lr, inner)
+        v_ref = attn.to_v(reference).repeat_interleave(frames, dim=0)
+        k = torch.cat([attn.to_k(hidden_states), k_ref], dim=1)  # (S·F, L+Lr, inner)
+        v = torch.cat([attn.to_v(hidden_states), v_ref], dim=1)
         mask = None
         if fada.reference_keep is not None:
             keep = fada.reference_keep.repeat_interleave(frames)[:, None]  # (S·F, 1)
             own = torch.ones(n, length, dtype=torch.bool, device=keep.device)
             mask = torch.cat([own, keep.expand(n, reference.shape[1])], dim=1)[:, None, None, :]  # (S·F,1,1,L+Lr)
-        return attend(attn, hidden_states, context, mask)
+        return attend_projected(attn, attn.to_q(hidden_states), k, v, mask)
 
 
 class AudioAttnProcessor(FadaAttnProcessor):

@@ -10,6 +10,7 @@ import torch
 from pipelines.errors import DeviceError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_ALIASES = {"no": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # accelerate's names
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -51,9 +52,31 @@ def _parse_index(name: str) -> int:
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """Turn a `--dtype` value into a `torch.dtype` usable on `device`."""
     key = name.strip().lower()
+    key = DTYPE_ALIASES.get(key, key)
     if key not in DTYPES:
         raise DeviceError(f"unknown --dtype {name!r}; use one of {', '.join(DTYPES)}.")
     dtype = DTYPES[key]
     if device.type == "cpu" and dtype == torch.float16:
         raise DeviceError("--dtype fp16 is not supported on CPU; use fp32 or bf16.")
     return dtype
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """Let float32 matmuls and convolutions use TF32 tensor cores on an Ampere-or-newer CUDA GPU.
+
+    TF32 keeps fp32's range with a 10-bit mantissa in the multiply (NVIDIA's "TF32 Tensor Cores";
+    PyTorch's default since 1.12 is off for matmuls). Returns whether it was turned on; a no-op on
+    CPU, MPS and older GPUs.
+    """
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on ``device`` (CPU: yes; CUDA: Ampere or newer; MPS: no)."""
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()

@@ -69,6 +69,10 @@ SAMPLE_COLUMNS += ("loss_distill", "loss_gt", "ratio", "weight")
 HISTOGRAM_FILE = "ratio_histogram.png"
 _W_DEFAULTS = inspect.signature(fada_math.adaptive_weight).parameters  # Rp, Rd of Eq. 8 for the plot
 
+# --mixed-precision bf16|fp16: the frozen teacher is held in that dtype (it only runs forward, under
+# autocast in the same precision anyway); the trained student keeps fp32 master weights
+TEACHER_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def expand_tiers(tiers: tuple[str, ...]) -> tuple[str, ...]:
     """Tier B holds tier A (SPEC §2: tier A ⊂ tier B), so ``B`` selects the clips tiered A or B."""
@@ -174,6 +178,8 @@ def distill(
     else:
         torch.manual_seed(config.seed)
         student = build_student_from_teacher(teacher, config.cfg_conditioning, student_config.cfg_tokens)
+    if config.mixed_precision != "no":  # after the student copied it in fp32: the frozen teacher at half the memory
+        teacher.to(dtype=TEACHER_DTYPES[config.mixed_precision])
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()  # the teacher runs under no_grad: nothing to recompute
     params = {name: p for name, p in student.named_parameters() if p.requires_grad}

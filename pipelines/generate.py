@@ -36,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pipelines import fada_math, media
 from pipelines.audio import AudioFeatureWindows, build_audio_encoder
 from pipelines.checkpoint import CheckpointInfo, load_checkpoint_info
-from pipelines.devices import resolve_device, resolve_dtype
+from pipelines.devices import enable_tf32, resolve_device, resolve_dtype
 from pipelines.errors import CheckpointError, InputFileError, MediaError, UsageError
 from pipelines.faces import detect_faces, square_crop_box
 from pipelines.model import FadaModel
@@ -293,6 +293,7 @@ def generate(
         raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    enable_tf32(device)  # fp32 matmuls on TF32 tensor cores where the GPU has them
 
     # 1. check inputs: checkpoint stage → strategy, portrait, speech, model
     info = load_checkpoint_info(checkpoint)

@@ -27,6 +27,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from pipelines import checkpoint as ckpt
 from pipelines.data import ClipDataset, WindowSampler
+from pipelines.devices import bf16_supported, enable_tf32
 from pipelines.errors import CheckpointError, DeviceError, UsageError
 from pipelines.manifest import manifest_hash
 from pipelines.model_config import ModelConfig
@@ -105,6 +106,7 @@ def make_accelerator(device: torch.device, config: TrainConfig) -> Accelerator:
     """An `Accelerator` on ``device`` (single process) or on the launcher's per-process devices."""
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # accelerate's single-process device is the current CUDA device
+    enable_tf32(device)  # fp32 matmuls (the --mixed-precision no path, fp32 parts under autocast) on TF32 cores
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision=config.mixed_precision,
@@ -113,6 +115,18 @@ def make_accelerator(device: torch.device, config: TrainConfig) -> Accelerator:
     if accelerator.num_processes == 1 and accelerator.device.type != device.type:
         raise DeviceError(f"accelerate chose {accelerator.device} but --device {device} was asked for; check CUDA.")
     return accelerator
+
+
+def preset_defaults(preset: str, device: torch.device) -> dict:
+    """`TrainConfig` fields a new run of ``preset`` starts from, before the command line's options.
+
+    sd15 (860 M parameters per UNet, F = 16 at 512²): batch 1, gradient checkpointing, bf16 autocast
+    where the device runs it — what one 80 GB GPU holds (bench/results/sd15.md). Other presets: none.
+    """
+    if preset != "sd15":
+        return {}
+    precision = "bf16" if bf16_supported(device) else "no"
+    return {"batch_size": 1, "gradient_checkpointing": True, "mixed_precision": precision}
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

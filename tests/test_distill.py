@@ -186,3 +186,22 @@ def test_gradient_checkpointing_and_8bit_adamw_run_and_are_recorded(teacher, man
     train = load_checkpoint_info(out, expect_stage="student").config["train"]
     assert train["gradient_checkpointing"] is True and train["optimizer"] == "adamw8bit"
     assert math.isfinite(float(rows(out / "train_log.csv")[0]["loss"]))
+
+
+def test_bf16_distillation_holds_the_frozen_teacher_in_bf16(teacher, manifest, tmp_path, monkeypatch):
+    import pipelines.distill as distill_module
+
+    seen = []
+    original = distill_module.distill_loss
+
+    def spy(student, frozen_teacher, *args, **kwargs):
+        seen.append((frozen_teacher.dtype, getattr(student, "module", student).dtype))
+        return original(student, frozen_teacher, *args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "distill_loss", spy)
+    out = tmp_path / "bf16"
+    result = distill(teacher, manifest, out, "--steps", "1", "--mixed-precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert seen == [(torch.bfloat16, torch.float32)]  # frozen teacher in bf16, trained student in fp32
+    assert math.isfinite(float(rows(out / "train_log.csv")[0]["loss"]))
+    assert {v.dtype for v in weights(out).values()} == {torch.float32}

@@ -317,3 +317,31 @@ def test_student_gradients_are_the_same_with_gradient_checkpointing():
     assert plain.keys() == checkpointed.keys() and any(n.startswith("cfg_conditioning.") for n in plain)
     for name, grad in plain.items():
         assert torch.allclose(checkpointed[name], grad, atol=1e-5), name
+
+
+def test_reference_keys_projected_once_equal_the_repeated_context():
+    """Projecting the reference once per clip gives the attention of the F-times repeated context,
+    dropped references masked out, values and gradients."""
+    from diffusers.models.attention_processor import Attention
+
+    from pipelines.attention import FadaAttentionState, ReferenceAttnProcessor, attend
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=2, dim_head=4)
+    s, f, length, lr = 2, 3, 5, 7
+    hidden = torch.randn(s * f, length, 8, requires_grad=True)
+    reference = torch.randn(s, lr, 8, requires_grad=True)
+    keep = torch.tensor([True, False])
+    state = FadaAttentionState(num_frames=f, reference={"x": reference}, reference_keep=keep)
+    out = ReferenceAttnProcessor("x")(attn, hidden, fada=state)
+
+    context = torch.cat([hidden, reference.repeat_interleave(f, dim=0)], dim=1)
+    own = torch.ones(s * f, length, dtype=torch.bool)
+    mask = torch.cat([own, keep.repeat_interleave(f)[:, None].expand(-1, lr)], 1)
+    expected = attend(attn, hidden, context, mask[:, None, None, :])
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(out[f:], attend(attn, hidden, context)[f:])  # the mask matters for clip 2
+    grads = torch.autograd.grad(out.square().sum(), (hidden, reference, attn.to_k.weight))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (hidden, reference, attn.to_k.weight))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

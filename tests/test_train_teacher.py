@@ -397,3 +397,21 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(monkeypatch):
     assert any(n.startswith("temporal_layers.layers.0.transformer_blocks") for n in grads)
     for name, grad in grads.items():
         assert torch.allclose(grads_ckpt[name], grad, atol=1e-5), name
+
+
+def test_a_bf16_training_step_on_cpu_is_finite_and_keeps_fp32_weights(manifest, tmp_path):
+    out = tmp_path / "bf16"
+    args = ["train-teacher", "--manifest", str(manifest), "--out", str(out), *TINY, "--steps", "1"]
+    result = runner.invoke(app, [*args, "--mixed-precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint_info(out, expect_stage="teacher").config["train"]["mixed_precision"] == "bf16"
+    assert math.isfinite(float(log_rows(out)[0]["loss"]))
+    assert {v.dtype for v in weights(out).values()} == {torch.float32}  # autocast: master weights stay fp32
+
+
+def test_sd15_runs_start_from_settings_that_fit_one_gpu():
+    from pipelines.training import preset_defaults
+
+    cpu = preset_defaults("sd15", torch.device("cpu"))
+    assert cpu == {"batch_size": 1, "gradient_checkpointing": True, "mixed_precision": "bf16"}
+    assert preset_defaults("demo", torch.device("cpu")) == {} and preset_defaults("tiny", torch.device("cpu")) == {}
