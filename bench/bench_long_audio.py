@@ -8,7 +8,7 @@ attention sits at 32² tokens and a 512² clip is cheap enough on CPU; 1 DDIM st
 ``--before REF`` also runs `pipelines/generate.py` as it was at git REF (e.g. the commit before
 streaming, which kept every frame in RAM and featurised the whole speech at once).
 
-    python bench/bench_long_audio.py [--seconds 10,60] [--size 512] [--before REF] [--threads 1]
+    python bench/bench_long_audio.py [--seconds 10,60] [--size 512] [--codec none|vae] [--before REF] [--threads 1]
 
 Writes bench/results/long_audio.json and prints a table (bench/results/long_audio.md is written
 by hand from it, with the machine's context).
@@ -42,11 +42,20 @@ RESULTS = ROOT / "bench" / "results"
 SEED = 0
 
 
-def cheap_config(size: int):
-    """The tiny preset at ``size``² with enough down-sampling that attention stays at 32² tokens."""
-    levels = max(2, int(np.log2(size // 32)) + 1)
+def cheap_config(size: int, codec: str = "none"):
+    """The tiny preset at ``size``² with enough down-sampling that attention stays at 32² tokens.
+
+    ``codec`` 'vae': SD's latent layout (a 4-level AutoencoderKL, 8× down-sampling, 4 latent channels)
+    with 8 channels per VAE level, so that 512² frames are encoded and decoded as sd15 does, cheaply.
+    """
+    latent = {}
+    if codec == "vae":
+        latent = {"latent_codec": "vae", "latent_channels": 4, "vae_block_out_channels": (8, 8, 8, 8),
+                  "vae_layers_per_block": 1, "vae_norm_num_groups": 4}  # fmt: skip
+    levels = max(2, int(np.log2(size // (8 if codec == "vae" else 1) // 32)) + 1)
     return get_preset(
         "tiny",
+        **latent,
         sample_size=size,
         block_out_channels=(4,) + (8,) * (levels - 1),
         down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
@@ -94,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=512, help="frame side in pixels")
     parser.add_argument("--before", default=None, help="also run pipelines/generate.py at this git ref")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    parser.add_argument("--codec", choices=("none", "vae"), default="none", help="pixel space or SD's VAE layout")
+    parser.add_argument("--out", default="long_audio.json", help="results file name in bench/results/")
     parser.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ref", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
@@ -104,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         torch.manual_seed(SEED)
-        model = FadaModel.from_config(cheap_config(args.size))
+        model = FadaModel.from_config(cheap_config(args.size, args.codec))
         save_checkpoint(folder / "teacher", stage="teacher", mode="teacher",
                         config={"model": model.config.to_dict()}, components=model.components(), step=0)  # fmt: skip
         identity = demo_data.make_identity(0, args.size)
@@ -126,13 +137,14 @@ def main(argv: list[str] | None = None) -> None:
                     "audio_s": seconds,
                     "frames": stats["frames"],
                     "size": args.size,
+                    "codec": args.codec,
                     "peak_rss_mb": round(stats["peak_memory_mb"], 1),
                     "wall_s": round(time.perf_counter() - started, 1),
                 }
                 rows.append(row)
                 print(" | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "long_audio.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / args.out).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
