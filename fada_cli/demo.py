@@ -18,14 +18,15 @@ def _format(value: float | None, spec: str) -> str:
 
 
 def demo_table(summary: dict) -> Table:
-    """One row per mode: NFE, s per video s, speed-up, sync / E-FID / IQA proxies."""
+    """One row per mode: NFE, s per video s, speed-up, face rate, sync / E-FID proxies, PIQE, sharpness, PSNR."""
     stages = summary["teacher"]["stages"]
     steps = f"teacher {stages['image']['steps']} image + {stages['video']['steps']} video steps"
     table = Table(title=f"fada demo ({summary['model_preset']} preset, {steps})")
-    for name in ("mode", "NFE", "s / video s", "speed-up", "face found ↑", "sync proxy ↑", "E-FID proxy ↓",
-                 "IQA proxy ↑"):  # fmt: skip
-        table.add_column(name, justify="left" if name == "mode" else "right")
+    for name in ("mode", "NFE", "s / video s", "speed-up", "face found ↑", "sync proxy ↑", "|offset| ↓",
+                 "E-FID proxy ↓", "face read by", "PIQE ↓", "sharpness", "PSNR ↑"):  # fmt: skip
+        table.add_column(name, justify="left" if name in ("mode", "face read by") else "right")
     for mode, row in summary["modes"].items():
+        routes = row.get("routes", {})
         table.add_row(
             mode,
             str(row["nfe"]),
@@ -33,8 +34,12 @@ def demo_table(summary: dict) -> Table:
             _format(row["speed_up"], ".2f") + "×",
             _format(row.get("face_rate"), ".0%"),
             _format(row["sync_proxy"], ".3f"),
+            _format(row.get("sync_proxy_offset"), ".1f"),
             _format(row["e_fid_proxy"], ".3g"),
-            _format(row["iqa_proxy"], ".3g"),
+            " / ".join(dict.fromkeys(routes.get(m, "—") for m in ("sync_proxy", "e_fid_proxy"))),
+            _format(row.get("piqe"), ".3g"),
+            _format(row.get("sharpness"), ".3g"),
+            _format(row.get("psnr"), ".3g"),
         )
     return table
 
