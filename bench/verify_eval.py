@@ -75,7 +75,7 @@ def iqa_rows(data: Path, truth: pd.DataFrame, rng: np.random.Generator) -> list[
                 sharp = [base["sharpness"], quality.laplacian_sharpness(blurred), quality.laplacian_sharpness(noisy),
                          worst["sharpness"]]  # fmt: skip
                 rows.append({"clip_id": clip_id, "size": size, "blur": blur, "noise": noise,
-                             **{f"piqe_{k}": v for k, v in zip(("clean", "blurred", "noisy", "pure"), piqe, strict=True)},
+                             **dict(zip(("piqe_clean", "piqe_blurred", "piqe_noisy", "piqe_pure"), piqe, strict=True)),
                              "piqe_ordered": bool(piqe[0] < piqe[1] < piqe[2] < piqe[3]),
                              "sharpness_ordered": bool(sharp[0] > sharp[1] > sharp[2] > sharp[3])})  # fmt: skip
     return rows
@@ -115,8 +115,8 @@ def sync_rows(data: Path, truth: pd.DataFrame, rng: np.random.Generator, work: P
 
 
 def iqa_table(df: pd.DataFrame) -> list[str]:
-    lines = ["| size | blur σ (px) | noise σ | PIQE ordered | sharpness ordered | mean PIQE clean / blurred / noisy / pure |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| size | blur σ (px) | noise σ | PIQE ordered | sharpness ordered | "
+             "mean PIQE clean / blurred / noisy / pure |", "|---|---|---|---|---|---|"]  # fmt: skip
     for (size, blur, noise), g in df.groupby(["size", "blur", "noise"], sort=False):
         means = " / ".join(f"{g[f'piqe_{k}'].mean():.1f}" for k in ("clean", "blurred", "noisy", "pure"))
         lines.append(f"| {size} | {blur} | {noise} | {g['piqe_ordered'].mean():.0%} | "
@@ -133,7 +133,8 @@ def sync_table(df: pd.DataFrame) -> list[str]:
         mesh = (g["mesh_frames"] >= 75 // 2).mean()
         window = (g["route_speech"] == proxies.WINDOW_ROUTE).mean()
         r = " / ".join(f"{g[f'r_{k}'].mean():.2f}" for k in ("speech", "shuffled", "silence"))
-        null = {k: f"{(g[f'conf_{k}'] < 0.2).mean():.0%} ({g[f'conf_{k}'].max():.2f})" for k in ("shuffled", "silence")}
+        null = {k: f"{(g[f'conf_{k}'] < 0.2).mean():.0%} ({g[f'conf_{k}'].max():.2f})"
+                for k in ("shuffled", "silence")}  # fmt: skip
         lines.append(f"| {blur} | {noise} | {'portrait' if portrait else 'own stills'} | {mesh:.0%} | {window:.0%} | "
                      f"{within:.0%} | {g['conf_speech'].mean():.2f} | {null['shuffled']} | {null['silence']} | {r} |")  # fmt: skip
     return lines

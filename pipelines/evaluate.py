@@ -28,9 +28,9 @@ import pandas as pd
 
 from filters import quality
 from filters.base import ClipData, ScoringSettings
+from pipelines import faces
 from pipelines.devices import resolve_device
 from pipelines.errors import InputFileError, ManifestError, UsageError
-from pipelines import faces
 from pipelines.faces import FaceMeshTracker
 from pipelines.manifest import clip_path, read_manifest
 from pipelines.media import probe_video, read_audio, read_video
@@ -336,9 +336,19 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
         notes = [f"varies across videos: {nfe.min():g}..{nfe.max():g}; mean shown"] if nfe.nunique() > 1 else []
         notes += [f"{n_videos - len(nfe)} of {n_videos} videos have no stats"] if len(nfe) < n_videos else []
         results.append(
-            MetricResult(name="nfe_d", status="ok", value=float(nfe.mean()), reference_value=None, n=len(nfe),
-                         n_reference=0, unit="videos", better="", extractor="stats json", extractor_sha256=None,
-                         note="; ".join(notes))  # fmt: skip
+            MetricResult(
+                name="nfe_d",
+                status="ok",
+                value=float(nfe.mean()),
+                reference_value=None,
+                n=len(nfe),
+                n_reference=0,
+                unit="videos",
+                better="",
+                extractor="stats json",
+                extractor_sha256=None,
+                note="; ".join(notes),
+            )  # fmt: skip
         )
     else:
         results.append(unavailable("nfe_d", "videos", "", "VIDEO.json with 'nfe' beside each video (`fada generate`)"))
@@ -361,7 +371,9 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
         results.append(per_video_metric("lpips", df, "lpips", "lower", "pyiqa lpips (local weights)",
                                         sets=("generated",)))  # fmt: skip
     else:
-        results.append(unavailable("lpips", "videos", "lower", "LPIPS weights in the local caches", loaded.lpips_problem))
+        results.append(
+            unavailable("lpips", "videos", "lower", "LPIPS weights in the local caches", loaded.lpips_problem)
+        )
     # Sync-D / Sync-C (SyncNet) and the weight-free proxy
     if loaded.syncnet is not None:
         results.append(per_video_metric("sync_d", df, "sync_dist", "lower", loaded.syncnet.name, loaded.syncnet.sha256))
