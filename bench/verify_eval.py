@@ -135,8 +135,9 @@ def sync_table(df: pd.DataFrame) -> list[str]:
         r = " / ".join(f"{g[f'r_{k}'].mean():.2f}" for k in ("speech", "shuffled", "silence"))
         null = {k: f"{(g[f'conf_{k}'] < 0.2).mean():.0%} ({g[f'conf_{k}'].max():.2f})"
                 for k in ("shuffled", "silence")}  # fmt: skip
-        lines.append(f"| {blur} | {noise} | {'portrait' if portrait else 'own stills'} | {mesh:.0%} | {window:.0%} | "
-                     f"{within:.0%} | {g['conf_speech'].mean():.2f} | {null['shuffled']} | {null['silence']} | {r} |")  # fmt: skip
+        source = "portrait" if portrait else "own stills"
+        lines.append(f"| {blur} | {noise} | {source} | {mesh:.0%} | {window:.0%} | {within:.0%} | "
+                     f"{g['conf_speech'].mean():.2f} | {null['shuffled']} | {null['silence']} | {r} |")  # fmt: skip
     return lines
 
 
