@@ -115,11 +115,14 @@ def sync_rows(data: Path, truth: pd.DataFrame, rng: np.random.Generator, work: P
 
 
 def iqa_table(df: pd.DataFrame) -> list[str]:
-    lines = ["| size | blur σ (px) | noise σ | PIQE ordered | sharpness ordered | "
-             "mean PIQE clean / blurred / noisy / pure |", "|---|---|---|---|---|---|"]  # fmt: skip
+    pairs = [("clean", "blurred"), ("clean", "noisy"), ("blurred", "noisy"), ("noisy", "pure"), ("blurred", "pure")]
+    lines = ["| size | blur σ (px) | noise σ | PIQE ordered | " + " | ".join(f"{a} < {b}" for a, b in pairs)
+             + " | sharpness ordered | mean PIQE clean / blurred / noisy / pure |",
+             "|---|---|---|---|" + "---|" * len(pairs) + "---|---|"]  # fmt: skip
     for (size, blur, noise), g in df.groupby(["size", "blur", "noise"], sort=False):
         means = " / ".join(f"{g[f'piqe_{k}'].mean():.1f}" for k in ("clean", "blurred", "noisy", "pure"))
-        lines.append(f"| {size} | {blur} | {noise} | {g['piqe_ordered'].mean():.0%} | "
+        shares = " | ".join(f"{(g[f'piqe_{a}'] < g[f'piqe_{b}']).mean():.0%}" for a, b in pairs)
+        lines.append(f"| {size} | {blur} | {noise} | {g['piqe_ordered'].mean():.0%} | {shares} | "
                      f"{g['sharpness_ordered'].mean():.0%} | {means} |")  # fmt: skip
     return lines
 
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{DATA.seed}. Run: {total_s / 60:.1f} min wall-clock on CPU (IQA part {iqa_s / 60:.1f} min).",
         "",
         "## IQA: PIQE (pyiqa, weight-free, lower is better) orders clean < blurred < noisy < pure noise?",
+        "",
+        "Share of clips with each PIQE relation (lower = better quality); every 5th frame of each clip.",
         "",
         *iqa_table(iqa),
         "",
