@@ -38,17 +38,17 @@ def talking_clip():
 # image quality
 
 
-def test_piqe_scores_clean_frames_better_than_blurred_noisy_and_pure_noise(talking_clip):
-    """The relations PIQE keeps on every demo clip of `bench/verify_eval.py`; blur vs noise it does not
-    order reliably (it rates blur as worse than moderate noise), so that pair is not asserted."""
+def test_piqe_scores_clean_frames_better_than_blurred_and_noise_worst(talking_clip):
+    """The relations PIQE keeps on >= 96 % of the demo clips of `bench/verify_eval.py`. Blur vs noise
+    it does not order (it rates blur as worse than moderate noise, and noise of σ 0.05 as better
+    than clean), so those pairs are not asserted."""
     frames = talking_clip[0][::5]
     pure = np.random.default_rng(1).integers(0, 256, frames.shape, dtype=np.uint8)
-    clean, blurred, noisy = (
-        quality.weight_free_iqa(v) for v in (frames, degrade(frames, 1.0, 0), degrade(frames, 0, 0.1))
+    clean, blurred, noisy, noise_only = (
+        quality.weight_free_iqa(v) for v in (frames, degrade(frames, 1.0, 0), degrade(frames, 0, 0.1), pure)
     )
-    noise_only = quality.weight_free_iqa(pure)
     assert quality.iqa_lower_better("piqe") and 0 <= clean <= 100
-    assert clean < blurred and clean < noisy < noise_only
+    assert clean < blurred and noisy < noise_only and clean < noise_only
 
 
 def test_weight_free_iqa_refuses_metrics_that_need_weights():

@@ -85,7 +85,9 @@ def locate_mouth(frames: np.ndarray, portrait: np.ndarray | None = None) -> Mout
     """The mouth of ``frames`` (T, H, W, 3) uint8, found once on the clearest still; None if no face.
 
     ``portrait``: the reference image the video was generated from (any size; resized to the
-    frames' size), tried first.
+    frames' size), tried first. It must frame the face as the video does: its mouth position is
+    taken as is and only the frame-to-frame motion is tracked (`fada eval` passes the paired
+    reference video's median frame).
     """
     height, width = frames.shape[1:3]
     stills: list[tuple[np.ndarray, str]] = []
