@@ -386,13 +386,12 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
             for name, better in (("sync_d", "lower"), ("sync_c", "higher"))
         ]
     route = _route_counts(df[df["set"] == "generated"], "sync_proxy_route")
-    for name, column, better, transform in (
-        ("sync_proxy", "sync_proxy_conf", "higher", None),
-        ("sync_proxy_r", "sync_proxy_r", "higher", None),
-        ("sync_proxy_offset", "sync_proxy_offset", "lower", lambda v: v.abs()),
+    for name, column, better, extractor, transform in (
+        ("sync_proxy", "sync_proxy_conf", "higher", proxies.SYNC_PROXY_EXTRACTOR, None),
+        ("sync_proxy_r", "sync_proxy_r", "higher", proxies.SYNC_LAG_EXTRACTOR, None),
+        ("sync_proxy_offset", "sync_proxy_offset", "lower", proxies.SYNC_LAG_EXTRACTOR, lambda v: v.abs()),
     ):
-        results.append(per_video_metric(name, df, column, better, proxies.SYNC_PROXY_EXTRACTOR, transform=transform,
-                                        route=route))  # fmt: skip
+        results.append(per_video_metric(name, df, column, better, extractor, transform=transform, route=route))
     # Fréchet distances of learned features
     for metric in WEIGHT_OPTIONS:
         contract = extractors.CONTRACTS[metric]

@@ -37,6 +37,7 @@ from pipelines.metrics.frechet import frechet_distance_of_features
 E_FID_PROXY_EXTRACTOR = "face-mesh expression pca (weight-free)"
 E_FID_WINDOW_EXTRACTOR = "mouth-window pixel pca (weight-free)"
 SYNC_PROXY_EXTRACTOR = "mouth/audio-rms lag correlation above chance"
+SYNC_LAG_EXTRACTOR = "mouth/audio-rms lag correlation"  # the raw best-lag r and its lag
 SHARPNESS_EXTRACTOR = "laplacian sharpness"
 MESH_ROUTE, WINDOW_ROUTE = "face mesh", "mouth window"  # the routes of the sync and E-FID proxies
 
