@@ -18,13 +18,22 @@ def _format(value: float | None, spec: str) -> str:
 
 
 def demo_table(summary: dict) -> Table:
-    """One row per mode: NFE, s per video s, speed-up, sync / E-FID / IQA proxies."""
+    """One row per mode: NFE, s per video s, speed-up, face rate, sync / E-FID proxies, PIQE, PSNR.
+
+    The caption says how the proxies read the face (face mesh or mouth window) in each mode.
+    """
     stages = summary["teacher"]["stages"]
     steps = f"teacher {stages['image']['steps']} image + {stages['video']['steps']} video steps"
-    table = Table(title=f"fada demo ({summary['model_preset']} preset, {steps})")
-    for name in ("mode", "NFE", "s / video s", "speed-up", "face found ↑", "sync proxy ↑", "E-FID proxy ↓",
-                 "IQA proxy ↑"):  # fmt: skip
-        table.add_column(name, justify="left" if name == "mode" else "right")
+    routes = {mode: row.get("routes", {}).get("sync_proxy", "—") for mode, row in summary["modes"].items()}
+    caption = "proxies read the face by " + (
+        next(iter(routes.values()))
+        if len(set(routes.values())) == 1
+        else ", ".join(f"{m}: {r}" for m, r in routes.items())
+    )
+    table = Table(title=f"fada demo ({summary['model_preset']} preset, {steps})", caption=caption)
+    for name in ("mode", "NFE", "s / video s", "speed-up", "face ↑", "sync proxy ↑", "|lag| ↓", "E-FID proxy ↓",
+                 "PIQE ↓", "PSNR ↑"):  # fmt: skip
+        table.add_column(name, justify="left" if name == "mode" else "right", min_width=8 if name == "mode" else None)
     for mode, row in summary["modes"].items():
         table.add_row(
             mode,
@@ -32,9 +41,11 @@ def demo_table(summary: dict) -> Table:
             _format(row["seconds_per_video_second"], ".2f"),
             _format(row["speed_up"], ".2f") + "×",
             _format(row.get("face_rate"), ".0%"),
-            _format(row["sync_proxy"], ".3f"),
+            _format(row["sync_proxy"], ".2f"),
+            _format(row.get("sync_proxy_offset"), ".0f"),
             _format(row["e_fid_proxy"], ".3g"),
-            _format(row["iqa_proxy"], ".3g"),
+            _format(row.get("piqe"), ".0f"),
+            _format(row.get("psnr"), ".1f"),
         )
     return table
 

@@ -1,4 +1,5 @@
-"""`fada eval`: evaluate generated videos against references (IQA, Sync-D/C, FID, FVD, E-FID, NFE-D)."""
+"""`fada eval`: evaluate generated videos against references (PIQE, IQA, PSNR/SSIM/LPIPS, Sync-D/C, FID, FVD,
+E-FID, NFE-D and the weight-free proxies)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def metrics_table(report: EvalReport) -> Table:
     table.add_column("generated", justify="right")
     table.add_column("reference", justify="right")
     table.add_column("N gen / ref")
-    table.add_column("extractor (sha256)")
+    table.add_column("extractor (sha256), route")
     table.add_column("status")
     for m in report.metrics:
         arrow = {"lower": " ↓", "higher": " ↑"}.get(m.better, "")
         extractor = (m.extractor or "—") + (f" ({m.extractor_sha256[:8]})" if m.extractor_sha256 else "")
+        extractor += f", {m.route}" if m.route else ""  # proxies: face mesh or mouth window
         status = {"ok": "ok", "unavailable": f"needs {m.enable}"}.get(m.status, m.status)
         table.add_row(
             m.name + arrow,
@@ -93,9 +95,12 @@ def command(
     """Evaluate generated videos against references (IQA, Sync-D/C, FID, FVD, FVD-R, E-FID, NFE-D).
 
     Videos pair by file stem (gen/abc.mp4 ↔ ref/abc.mp4). NFE-D is read from the stats JSON that
-    `fada generate` writes beside each video. Learned metrics need their weights file and are
-    otherwise reported as unavailable with the option that enables them; the weight-free
-    *_proxy rows (sync, E-FID, IQA) are always computed and never stand in for them. The
+    `fada generate` writes beside each video. Always computed: PIQE (weight-free pyiqa IQA, lower
+    is better), sharpness (not an IQA), PSNR and SSIM of each pair, and the weight-free *_proxy
+    rows (sync, E-FID), which read the face with the face mesh or, where it fails on small or
+    noisy frames, through a mouth window found once and followed (the row names its route).
+    Learned metrics (IQA, LPIPS, SyncNet, FID, ...) need their weights file and are otherwise
+    reported as unavailable with what enables them; a proxy never stands in for them. The
     extractor contracts are documented in pipelines/metrics/extractors.py.
 
     Example:
@@ -154,7 +159,7 @@ def _run_cfg_sweep(checkpoint, reference, out, config, image, audio_scales, ref_
     if as_json:
         typer.echo((out / "cfg_sweep.json").read_text())
         return
-    columns = ["axis", "scale", "nfe", "sync_proxy", "e_fid_proxy", "iqa_proxy", "fid", "fvd"]
+    columns = ["axis", "scale", "nfe", "sync_proxy", "e_fid_proxy", "piqe", "sharpness", "fid", "fvd"]
     grid = Table(title=f"fada eval --cfg-sweep: {checkpoint}")
     for column in columns:
         grid.add_column(column, justify="left" if column == "axis" else "right")

@@ -6,6 +6,10 @@
 - ``sharpness``: always; the median over frames of the variance of the Laplacian of the grey
   image (Pech-Pacheco et al., ICPR 2000), on a 0–255 scale, measured after a 3×3 median filter so
   that pixel noise is not read as detail.
+- ``weight_free_iqa``: a pyiqa no-reference metric whose parameters ship in the installed package
+  (`WEIGHT_FREE_IQA`): nothing to download, so it always runs.
+- ``full_reference``: PSNR and SSIM through pyiqa (no weights); LPIPS only where its two weight
+  files are already local (`lpips_weights_problem`).
 - ``brisque``: OpenCV's `cv2.quality.QualityBRISQUE` where the contrib module and its model files
   (`brisque_model_live.yml`, `brisque_range_live.yml`, folder in ``$FADA_BRISQUE_DIR``) exist.
 """
@@ -26,6 +30,11 @@ NAME = "quality"
 COLUMNS = ("iqa", "iqa_metric", "sharpness", "brisque")
 FRAME_STEP = 5  # score every n-th frame
 BRISQUE_FILES = ("brisque_model_live.yml", "brisque_range_live.yml")
+# pyiqa 0.1.16's no-reference metrics that need no downloaded file. PIQE (Venkatanath et al., NCC
+# 2015) is block statistics only; NIQE, ILNIQE and BRISQUE need a .mat/.pth from the network, and
+# `entropy` measures information, not quality (noise raises it).
+WEIGHT_FREE_IQA = ("piqe",)
+LPIPS_FILES = ("LPIPS_v0.1_alex-df73285e.pth", "alexnet-owt-7be5be79.pth")  # pyiqa cache, torch hub checkpoints
 
 
 def laplacian_sharpness(frames: np.ndarray) -> float:
@@ -83,6 +92,52 @@ def pyiqa_score(frames: np.ndarray, metric: str) -> float:
     images = torch.from_numpy(frames.astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # (T, 3, H, W)
     with torch.no_grad():
         return float(model(images).mean())
+
+
+def iqa_lower_better(metric: str) -> bool:
+    """pyiqa's declared direction of ``metric`` (True: lower is better)."""
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    return bool(DEFAULT_CONFIGS[metric].get("lower_better", False))
+
+
+def weight_free_iqa(frames: np.ndarray, metric: str = "piqe") -> float:
+    """Mean of a `WEIGHT_FREE_IQA` metric over ``frames`` (T, H, W, 3) uint8 (direction: `iqa_lower_better`)."""
+    if metric not in WEIGHT_FREE_IQA:
+        raise ValueError(f"{metric!r} is not a weight-free pyiqa metric; use one of {', '.join(WEIGHT_FREE_IQA)}")
+    return pyiqa_score(frames, metric)
+
+
+def lpips_weights_problem() -> str | None:
+    """Why LPIPS cannot run offline (None when both its weight files are local)."""
+    import torch.hub
+
+    places = (pyiqa_cache_dir() / LPIPS_FILES[0], Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_FILES[1])
+    missing = [str(path) for path in places if not path.is_file()]
+    return f"lpips: {missing[0]} not found; copy it there to enable LPIPS" if missing else None
+
+
+def full_reference(generated: np.ndarray, reference: np.ndarray, metrics: tuple[str, ...]) -> dict[str, float]:
+    """Mean per-frame full-reference scores (pyiqa) of ``generated`` against ``reference``.
+
+    Both (T, H, W, 3) uint8; the reference is resized (area) to the generated frames' size and the
+    first min(T) frames of each are compared.
+    """
+    import torch
+
+    height, width = generated.shape[1:3]
+    if reference.shape[1:3] != (height, width):
+        reference = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in reference])
+    n = min(len(generated), len(reference))
+    as_tensor = lambda v: torch.from_numpy(v[:n].astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # noqa: E731
+    gen, ref = as_tensor(generated), as_tensor(reference)  # (n, 3, H, W)
+    scores = {}
+    with torch.no_grad():
+        for metric in metrics:
+            model = load_pyiqa(metric)
+            scores[metric] = float(torch.cat([model(gen[i : i + 16], ref[i : i + 16]).flatten()
+                                              for i in range(0, n, 16)]).mean())  # fmt: skip
+    return scores
 
 
 def brisque_model_dir() -> Path | None:

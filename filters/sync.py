@@ -163,7 +163,8 @@ def syncnet_scores(frames: np.ndarray, audio: np.ndarray, weights: Path, batch: 
     return float(MAX_LAG - min_idx), float(torch.median(mean_dist) - min_dist), float(min_dist)
 
 
-def _syncnet(clip: ClipData) -> dict[str, float | str]:
+def syncnet_columns(clip: ClipData) -> dict[str, float | str]:
+    """``sync_offset``, ``sync_conf``, ``sync_dist`` from SyncNet (NaN and a note without weights)."""
     weights = clip.settings.syncnet_weights
     nan = {"sync_offset": NAN, "sync_conf": NAN, "sync_dist": NAN}
     if weights is None:
@@ -179,7 +180,7 @@ def _syncnet(clip: ClipData) -> dict[str, float | str]:
 
 def score(clip: ClipData) -> dict[str, float | str]:
     """SyncNet columns (NaN without weights) and the weight-free proxy columns."""
-    results = [_syncnet(clip), _proxy(clip)]
+    results = [syncnet_columns(clip), _proxy(clip)]
     notes = "; ".join(str(r.pop("notes")) for r in results if "notes" in r)
     merged: dict[str, float | str] = {k: v for r in results for k, v in r.items()}
     return {**merged, "notes": notes} if notes else merged

@@ -27,7 +27,7 @@ from pipelines.generate import TEACHER_DDIM, GenerateConfig, GenerationStats, ch
 from pipelines.media import read_video
 from pipelines.progress import log
 
-SWEEP_METRICS = ("sync_proxy", "e_fid_proxy", "iqa_proxy", "fid", "fvd", "fvd_r", "e_fid", "sync_c", "sync_d")
+SWEEP_METRICS = ("sync_proxy", "e_fid_proxy", "piqe", "sharpness", "fid", "fvd", "fvd_r", "e_fid", "sync_c", "sync_d")
 AXES = {"audio": "cfg_audio", "ref": "cfg_ref"}  # sweep axis → GenerateConfig field
 
 

@@ -52,6 +52,8 @@ SUMMARY = "demo_summary.json"
 STUDENT_MODES = ("balanced", "fast")  # distilled after the teacher, in this order
 TEACHER_SHARE = 0.7  # of the minutes left after the probes and the generate + eval reserve; the students split the rest
 PRESETS = ("tiny", "demo")
+# eval rows copied into each mode's summary row (the `fada demo` table's metric columns)
+DEMO_METRICS = ("sync_proxy", "sync_proxy_offset", "e_fid_proxy", "piqe", "sharpness", "psnr", "ssim")
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,8 @@ def generate_and_evaluate(out: Path, split: DemoSplit, checkpoints: dict[str, Pa
             "checkpoint": str(checkpoint),
             "nfe": stats[0].nfe,
             "seconds_per_video_second": float(np.mean([s.seconds_per_video_second for s in stats])),
-            **{name: values.get(name) for name in ("sync_proxy", "e_fid_proxy", "iqa_proxy")},
+            **{name: values.get(name) for name in DEMO_METRICS},
+            "routes": {m.name: m.route for m in report.metrics if m.route},  # how each proxy read the face
             # share of generated frames where mediapipe finds a face (frames upscaled to 256 px)
             "face_rate": float(np.mean([face_found_rate(read_video(Path(s.video))[0]) for s in stats])),
             "notes": {m.name: m.note for m in report.metrics if m.status == "insufficient"},

@@ -2,9 +2,11 @@
 
 1. list both sets (a clip manifest or a folder of mp4) and pair them by file stem;
 2. load the learned extractors the user named (each checked against its contract, file hashed);
-3. analyse every video once: frames, audio, face-mesh landmarks; per-video scores (SyncNet,
-   sync proxy, IQA, sharpness, NFE-D from the generation stats JSON) and per-frame / per-clip
-   features for the set metrics;
+3. analyse every video once, each reference before its generated partner: frames, audio,
+   face-mesh landmarks, the mouth window (from the mesh, else found once on the reference's
+   still or the video's clearest stills, `metrics.mouth_window`); per-video scores (SyncNet, sync
+   proxy, PIQE, a learned IQA, sharpness, NFE-D from the generation stats JSON), full-reference
+   scores of the pair (PSNR, SSIM, LPIPS) and per-frame / per-clip features for the set metrics;
 4. set metrics: Fréchet distances (FID, FVD, FVD-R, E-FID, E-FID proxy) and per-video means;
 5. write ``metrics.json`` and ``per_video.parquet`` into the output folder.
 
@@ -26,12 +28,13 @@ import pandas as pd
 
 from filters import quality
 from filters.base import ClipData, ScoringSettings
+from pipelines import faces
 from pipelines.devices import resolve_device
 from pipelines.errors import InputFileError, ManifestError, UsageError
 from pipelines.faces import FaceMeshTracker
 from pipelines.manifest import clip_path, read_manifest
 from pipelines.media import probe_video, read_audio, read_video
-from pipelines.metrics import extractors, proxies
+from pipelines.metrics import extractors, mouth_window, proxies
 from pipelines.metrics.frechet import frechet_distance_of_features
 from pipelines.progress import log, make_progress
 
@@ -54,17 +57,23 @@ class EvalConfig:
     i3d_weights: Path | None = None  # I3D TorchScript → FVD
     r3d_weights: Path | None = None  # 3D-ResNet TorchScript → FVD-R
     expression_weights: Path | None = None  # expression-coefficient TorchScript → E-FID
-    iqa_metric: str | None = "musiq"  # pyiqa metric read from pyiqa's local cache → IQA; None: no IQA
+    iqa_metric: str | None = "musiq"  # learned pyiqa metric read from pyiqa's local cache → iqa; None: none
+    nr_iqa_metric: str = "piqe"  # weight-free pyiqa metric (`filters.quality.WEIGHT_FREE_IQA`), always run
     device: str = "cpu"  # where the TorchScript extractors run (auto, cpu, cuda[:N], mps)
     batch_size: int = 16  # frames (or 16-frame clips) per extractor call
     e_fid_components: int = 16  # PCA components of the E-FID proxy
+
+    def __post_init__(self) -> None:
+        if self.nr_iqa_metric not in quality.WEIGHT_FREE_IQA:
+            choices = ", ".join(quality.WEIGHT_FREE_IQA)
+            raise UsageError(f"weight-free IQA metric {self.nr_iqa_metric!r} is not available; use one of {choices}.")
 
 
 @dataclass(frozen=True)
 class MetricResult:
     """One row of the report."""
 
-    name: str  # iqa, iqa_proxy, sync_d, sync_c, sync_proxy, sync_proxy_offset, fid, fvd, fvd_r, e_fid, ...
+    name: str  # piqe, iqa, sharpness, psnr, ssim, lpips, sync_d, sync_c, sync_proxy, fid, fvd, e_fid, ...
     status: str  # ok | unavailable (weights not given) | insufficient (too few samples)
     value: float | None  # on the generated set; a distance between the sets for Fréchet metrics
     reference_value: float | None  # the same per-video metric on the reference set; None for distances
@@ -76,6 +85,7 @@ class MetricResult:
     extractor_sha256: str | None  # sha256 of its weights file (None for weight-free or pyiqa-cache extractors)
     enable: str | None = None  # the option that makes an unavailable metric available
     note: str = ""  # why unavailable / insufficient, or a caveat
+    route: str = ""  # proxies: how the face was read (face mesh | mouth window | a count of each)
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,8 @@ def pair_videos(generated: dict[str, Path], reference: dict[str, Path]) -> list[
 class LoadedExtractors:
     torchscript: dict[str, extractors.Extractor]  # metric → extractor, only those given
     syncnet: extractors.SyncNetExtractor | None
-    iqa_problem: str | None  # why pyiqa cannot run (None: it can)
+    iqa_problem: str | None  # why the learned pyiqa metric cannot run (None: it can)
+    lpips_problem: str | None  # why LPIPS cannot run (None: its weights are local)
 
 
 def load_extractors(config: EvalConfig) -> LoadedExtractors:
@@ -142,7 +153,7 @@ def load_extractors(config: EvalConfig) -> LoadedExtractors:
     }
     syncnet = extractors.load_syncnet(config.syncnet_weights) if config.syncnet_weights is not None else None
     problem = quality.pyiqa_weights_problem(config.iqa_metric) if config.iqa_metric else "no --iqa-metric chosen"
-    return LoadedExtractors(torchscript, syncnet, problem)
+    return LoadedExtractors(torchscript, syncnet, problem, quality.lpips_weights_problem())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,8 +177,34 @@ def read_nfe(video: Path) -> tuple[float | None, str]:
     return float(nfe), ""
 
 
-def analyse_video(path: Path, loaded: LoadedExtractors, config: EvalConfig, with_nfe: bool) -> tuple[dict, dict]:
-    """(per-video row, per-video samples): samples hold features per metric and the landmarks."""
+@dataclass(frozen=True)
+class VideoAnalysis:
+    """What one video leaves for the set metrics and its partner."""
+
+    row: dict  # the per-video row (per_video.parquet)
+    samples: dict  # metric → features; "landmarks": (N, 468, 2) or None; "window": (T, D) or None
+    frames: np.ndarray  # (T, H, W, 3) uint8, for the full-reference metrics of its pair
+    still: np.ndarray  # (H, W, 3) uint8 temporal median: where its partner may look for the mouth
+
+
+def _mouth_anchor(frames, landmarks, portrait) -> mouth_window.MouthAnchor | None:
+    """The mouth window of a video: from its own mesh landmarks where the mesh read half the
+    frames, else located once on the portrait / the video's clearest stills."""
+    mesh_frames = [p for p in landmarks if p is not None]
+    if len(mesh_frames) >= max(2, len(landmarks) // 2):
+        points = np.median(np.stack(mesh_frames), axis=0)  # (468, 2)
+        mouth = points[list(faces.MOUTH_CORNERS)].mean(axis=0)
+        eyes = points[list(faces.EYE_OUTER_CORNERS)].mean(axis=0)
+        return mouth_window.MouthAnchor((float(mouth[0]), float(mouth[1])), faces.eye_distance(points),
+                                        (float(eyes[0]), float(eyes[1])), np.median(frames, axis=0).astype(np.uint8),
+                                        "face mesh on the frames")  # fmt: skip
+    return mouth_window.locate_mouth(frames, portrait)
+
+
+def analyse_video(path: Path, loaded: LoadedExtractors, config: EvalConfig, with_nfe: bool,
+                  portrait: np.ndarray | None = None) -> VideoAnalysis:  # fmt: skip
+    """Per-video scores and samples; ``portrait``: a still of the same face (its reference video)
+    where the mouth is looked for first if the face mesh cannot read this video."""
     frames, fps = read_video(path)  # (T, H, W, 3) uint8
     has_audio = probe_video(path).has_audio
     with FaceMeshTracker() as tracker:
@@ -175,19 +212,23 @@ def analyse_video(path: Path, loaded: LoadedExtractors, config: EvalConfig, with
     notes: list[str] = []
     row: dict = {"video_path": str(path), "n_frames": len(frames), "fps": fps, "has_audio": has_audio}
     row["face_frames"] = sum(points is not None for points in landmarks)
-    row["sharpness"] = proxies.iqa_proxy(frames)
+    row["sharpness"] = proxies.sharpness(frames)
+    row[config.nr_iqa_metric] = quality.weight_free_iqa(frames[:: quality.FRAME_STEP], config.nr_iqa_metric)
     row["iqa"] = math.nan
     if loaded.iqa_problem is None:
         try:
             row["iqa"] = quality.pyiqa_score(frames[:: quality.FRAME_STEP], config.iqa_metric)
         except (RuntimeError, OSError, ValueError) as exc:  # weights present but unusable on this video
             notes.append(f"iqa: {config.iqa_metric} failed ({' '.join(str(exc).split())[:160]})")
+    anchor = _mouth_anchor(frames, landmarks, portrait)
+    row["mouth_found_by"] = anchor.source if anchor is not None else ""
     if has_audio:
         settings = ScoringSettings(syncnet_weights=config.syncnet_weights, iqa_metric=None)
         clip = ClipData(frames=frames, audio=read_audio(path), fps=fps, landmarks=landmarks, settings=settings)
-        scores = proxies.sync_scores(clip)
-        notes += [scores.pop("notes")] if "notes" in scores else []
-        row.update(scores)
+        for scores in (proxies.syncnet_scores(clip), proxies.sync_proxy(frames, clip.audio, fps, clip.audio_sr,
+                                                                        landmarks, anchor)):  # fmt: skip
+            notes += [scores.pop("notes")] if "notes" in scores else []
+            row.update(scores)
     else:
         notes.append("no audio track: no sync scores")
     if with_nfe:
@@ -200,8 +241,20 @@ def analyse_video(path: Path, loaded: LoadedExtractors, config: EvalConfig, with
         )
         for metric, extractor in loaded.torchscript.items()
     }
-    samples["landmarks"] = np.stack([p for p in landmarks if p is not None]) if row["face_frames"] else None
-    return row, samples
+    mesh_read = row["face_frames"] >= max(2, len(frames) // 2)
+    samples["landmarks"] = np.stack([p for p in landmarks if p is not None]) if mesh_read else None
+    samples["window"] = (
+        mouth_window.window_descriptors(frames, mouth_window.follow_mouth(frames, anchor), anchor.eye_distance)
+        if anchor is not None
+        else None
+    )
+    return VideoAnalysis(row, samples, frames, np.median(frames, axis=0).astype(np.uint8))
+
+
+def paired_scores(generated: VideoAnalysis, reference: VideoAnalysis, lpips_ready: bool) -> dict[str, float]:
+    """Full-reference scores of a generated video against its reference: psnr, ssim (and lpips)."""
+    metrics = ("psnr", "ssim", "lpips") if lpips_ready else ("psnr", "ssim")
+    return quality.full_reference(generated.frames, reference.frames, metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,29 +267,64 @@ def _finite_mean(values: pd.Series) -> tuple[float | None, int]:
     return (float(finite.mean()), len(finite)) if len(finite) else (None, 0)
 
 
-def per_video_metric(name, df, column, better, extractor, sha256=None, transform=None) -> MetricResult:
+def per_video_metric(name, df, column, better, extractor, sha256=None, transform=None, sets=SETS,
+                     route="") -> MetricResult:  # fmt: skip
     """Mean of a per-video column over each set (NaN videos left out and not counted)."""
     values = {s: df.loc[df["set"] == s, column] if column in df else pd.Series(dtype=float) for s in SETS}
     if transform is not None:
         values = {s: transform(v) for s, v in values.items()}
-    (gen, n_gen), (ref, n_ref) = (_finite_mean(values[s]) for s in SETS)
+    (gen, n_gen), (ref, n_ref) = (_finite_mean(values[s]) if s in sets else (None, 0) for s in SETS)
     status, note = ("ok", "") if n_gen else ("insufficient", f"no generated video gave a finite {column}")
-    return MetricResult(name, status, gen, ref, n_gen, n_ref, "videos", better, extractor, sha256, note=note)
+    return MetricResult(name=name, status=status, value=gen, reference_value=ref, n=n_gen, n_reference=n_ref,
+                        unit="videos", better=better, extractor=extractor, extractor_sha256=sha256, note=note,
+                        route=route)  # fmt: skip
 
 
 def unavailable(name: str, unit: str, better: str, enable: str, note: str = "") -> MetricResult:
-    return MetricResult(name, "unavailable", None, None, 0, 0, unit, better, None, None, enable, note)
+    return MetricResult(name=name, status="unavailable", value=None, reference_value=None, n=0, n_reference=0,
+                        unit=unit, better=better, extractor=None, extractor_sha256=None, enable=enable,
+                        note=note)  # fmt: skip
 
 
-def frechet_metric(name, generated, reference, unit, extractor, sha256, note="") -> MetricResult:
+def frechet_metric(name, generated, reference, unit, extractor, sha256, note="", route="") -> MetricResult:
     n_gen, n_ref = len(generated), len(reference)
+    common = dict(name=name, reference_value=None, n=n_gen, n_reference=n_ref, unit=unit, better="lower",
+                  extractor=extractor, extractor_sha256=sha256, route=route)  # fmt: skip
     if n_gen < 2 or n_ref < 2:
         reason = f"a Fréchet distance needs >= 2 {unit} per set, got {n_gen} generated and {n_ref} reference"
-        return MetricResult(
-            name, "insufficient", None, None, n_gen, n_ref, unit, "lower", extractor, sha256, note=reason
-        )
+        return MetricResult(status="insufficient", value=None, note=reason, **common)
     value = frechet_distance_of_features(generated, reference)
-    return MetricResult(name, "ok", value, None, n_gen, n_ref, unit, "lower", extractor, sha256, note=note)
+    return MetricResult(status="ok", value=value, note=note, **common)
+
+
+def _route_counts(df: pd.DataFrame, column: str) -> str:
+    """``face mesh`` / ``mouth window`` or a count of each where the videos differ."""
+    routes = df[column].replace("", np.nan).dropna() if column in df else pd.Series(dtype=str)
+    counts = routes.value_counts()
+    if len(counts) <= 1:
+        return str(counts.index[0]) if len(counts) else ""
+    return ", ".join(f"{route} {n}" for route, n in counts.items())
+
+
+def e_fid_proxy_metric(samples: dict[str, list[dict]], config: EvalConfig) -> MetricResult:
+    """The E-FID proxy on face-mesh landmarks where the mesh read every video, else on mouth windows."""
+    videos = [v for s in SETS for v in samples[s]]
+    mesh = all(v["landmarks"] is not None for v in videos)
+    route, extractor = (proxies.MESH_ROUTE, proxies.E_FID_PROXY_EXTRACTOR) if mesh else (
+        proxies.WINDOW_ROUTE, proxies.E_FID_WINDOW_EXTRACTOR)  # fmt: skip
+    key = "landmarks" if mesh else "window"
+    per_set = {s: [v[key] for v in samples[s] if v[key] is not None] for s in SETS}
+    compute = proxies.e_fid_proxy if mesh else proxies.window_e_fid_proxy
+    common = dict(name="e_fid_proxy", reference_value=None, unit="frames", better="lower", extractor=extractor,
+                  extractor_sha256=None, route=route)  # fmt: skip
+    try:
+        proxy = compute(per_set["generated"], per_set["reference"], config.e_fid_components)
+    except ValueError as exc:
+        return MetricResult(status="insufficient", value=None, n=0, n_reference=0, note=str(exc), **common)
+    note = f"{proxy.n_components} PCA components"
+    note += "" if mesh else "; the face mesh could not read every video"
+    return MetricResult(status="ok", value=proxy.value, n=proxy.n_generated, n_reference=proxy.n_reference,
+                        note=note, **common)  # fmt: skip
 
 
 def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: LoadedExtractors, config: EvalConfig):
@@ -249,33 +337,44 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
         notes += [f"{n_videos - len(nfe)} of {n_videos} videos have no stats"] if len(nfe) < n_videos else []
         results.append(
             MetricResult(
-                "nfe_d", "ok", float(nfe.mean()), None, len(nfe), 0, "videos", "", "stats json", None, "; ".join(notes)
-            )
+                name="nfe_d",
+                status="ok",
+                value=float(nfe.mean()),
+                reference_value=None,
+                n=len(nfe),
+                n_reference=0,
+                unit="videos",
+                better="",
+                extractor="stats json",
+                extractor_sha256=None,
+                note="; ".join(notes),
+            )  # fmt: skip
         )
     else:
-        results.append(
-            unavailable(
-                "nfe_d",
-                "videos",
-                "",
-                "VIDEO.json with 'nfe' beside each video (`fada generate`)",
-            )
-        )
-    # IQA and its proxy
+        results.append(unavailable("nfe_d", "videos", "", "VIDEO.json with 'nfe' beside each video (`fada generate`)"))
+    # image quality: the weight-free pyiqa metric, the learned one (cache only), and sharpness (not an IQA)
+    nr = config.nr_iqa_metric
+    nr_better = "lower" if quality.iqa_lower_better(nr) else "higher"
+    results.append(per_video_metric(nr, df, nr, nr_better, f"pyiqa {nr} (weight-free)"))
     if loaded.iqa_problem is None:
-        results.append(per_video_metric("iqa", df, "iqa", "higher", f"pyiqa {config.iqa_metric} (local cache)"))
+        better = "lower" if quality.iqa_lower_better(config.iqa_metric) else "higher"
+        results.append(per_video_metric("iqa", df, "iqa", better, f"pyiqa {config.iqa_metric} (local cache)"))
     else:
         results.append(
-            unavailable(
-                "iqa",
-                "videos",
-                "higher",
-                "--iqa-metric NAME (weights in pyiqa's cache)",
-                loaded.iqa_problem,
-            )
+            unavailable("iqa", "videos", "higher", "--iqa-metric NAME (weights in pyiqa's cache)", loaded.iqa_problem)
         )
-    results.append(per_video_metric("iqa_proxy", df, "sharpness", "higher", proxies.IQA_PROXY_EXTRACTOR))
-    # Sync-D / Sync-C (SyncNet) and the landmark proxy
+    results.append(per_video_metric("sharpness", df, "sharpness", "higher", proxies.SHARPNESS_EXTRACTOR))
+    # full-reference metrics of each generated video against its reference (value on the generated set)
+    for name, better in (("psnr", "higher"), ("ssim", "higher")):
+        results.append(per_video_metric(name, df, name, better, f"pyiqa {name}", sets=("generated",)))
+    if loaded.lpips_problem is None:
+        results.append(per_video_metric("lpips", df, "lpips", "lower", "pyiqa lpips (local weights)",
+                                        sets=("generated",)))  # fmt: skip
+    else:
+        results.append(
+            unavailable("lpips", "videos", "lower", "LPIPS weights in the local caches", loaded.lpips_problem)
+        )
+    # Sync-D / Sync-C (SyncNet) and the weight-free proxy
     if loaded.syncnet is not None:
         results.append(per_video_metric("sync_d", df, "sync_dist", "lower", loaded.syncnet.name, loaded.syncnet.sha256))
         results.append(
@@ -286,17 +385,13 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
             unavailable(name, "videos", better, "--syncnet-weights PATH (syncnet_v2.model)")
             for name, better in (("sync_d", "lower"), ("sync_c", "higher"))
         ]
-    results.append(per_video_metric("sync_proxy", df, "sync_proxy_conf", "higher", proxies.SYNC_PROXY_EXTRACTOR))
-    results.append(
-        per_video_metric(
-            "sync_proxy_offset",
-            df,
-            "sync_proxy_offset",
-            "lower",
-            proxies.SYNC_PROXY_EXTRACTOR,
-            transform=lambda v: v.abs(),
-        )
-    )
+    route = _route_counts(df[df["set"] == "generated"], "sync_proxy_route")
+    for name, column, better, extractor, transform in (
+        ("sync_proxy", "sync_proxy_conf", "higher", proxies.SYNC_PROXY_EXTRACTOR, None),
+        ("sync_proxy_r", "sync_proxy_r", "higher", proxies.SYNC_LAG_EXTRACTOR, None),
+        ("sync_proxy_offset", "sync_proxy_offset", "lower", proxies.SYNC_LAG_EXTRACTOR, lambda v: v.abs()),
+    ):
+        results.append(per_video_metric(name, df, column, better, extractor, transform=transform, route=route))
     # Fréchet distances of learned features
     for metric in WEIGHT_OPTIONS:
         contract = extractors.CONTRACTS[metric]
@@ -312,41 +407,8 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
             else ""
         )
         results.append(frechet_metric(metric, gen, ref, unit, extractor.name, extractor.sha256, note))
-    # E-FID proxy (landmark expression descriptor)
-    landmarks = {s: [v["landmarks"] for v in samples[s] if v["landmarks"] is not None] for s in SETS}
-    try:
-        proxy = proxies.e_fid_proxy(landmarks["generated"], landmarks["reference"], config.e_fid_components)
-        results.append(
-            MetricResult(
-                "e_fid_proxy",
-                "ok",
-                proxy.value,
-                None,
-                proxy.n_generated,
-                proxy.n_reference,
-                "frames",
-                "lower",
-                proxies.E_FID_PROXY_EXTRACTOR,
-                None,
-                note=f"{proxy.n_components} PCA components",
-            )
-        )
-    except ValueError as exc:
-        results.append(
-            MetricResult(
-                "e_fid_proxy",
-                "insufficient",
-                None,
-                None,
-                0,
-                0,
-                "frames",
-                "lower",
-                proxies.E_FID_PROXY_EXTRACTOR,
-                None,
-                note=str(exc),
-            )
-        )
+    # E-FID proxy (expression descriptor: face-mesh landmarks, or mouth windows where the mesh fails)
+    results.append(e_fid_proxy_metric(samples, config))
     return results
 
 
@@ -400,16 +462,21 @@ def evaluate(
     # 2. extractors (a bad file fails here, before any video is read)
     loaded = load_extractors(config)
     # 3. every video once
-    rows, samples = [], {s: [] for s in SETS}
+    rows, samples = {s: [] for s in SETS}, {s: [] for s in SETS}
     with make_progress(quiet) as progress:
         task = progress.add_task("eval videos", total=2 * len(stems))
-        for s in SETS:
-            for stem in stems:
-                row, video_samples = analyse_video(videos[s][stem], loaded, config, with_nfe=s == "generated")
-                rows.append({"set": s, "stem": stem, **row})
-                samples[s].append(video_samples)
-                progress.advance(task)
-    per_video = pd.DataFrame(rows)
+        for stem in stems:
+            reference_video = analyse_video(videos["reference"][stem], loaded, config, with_nfe=False)
+            progress.advance(task)
+            # the reference's median still is where the generated video's mouth is looked for first
+            generated_video = analyse_video(videos["generated"][stem], loaded, config, with_nfe=True,
+                                            portrait=reference_video.still)  # fmt: skip
+            generated_video.row.update(paired_scores(generated_video, reference_video, loaded.lpips_problem is None))
+            progress.advance(task)
+            for s, analysis in (("generated", generated_video), ("reference", reference_video)):
+                rows[s].append({"set": s, "stem": stem, **analysis.row})
+                samples[s].append(analysis.samples)
+    per_video = pd.DataFrame(rows["generated"] + rows["reference"])
     # 4. set metrics
     report = EvalReport(set_metrics(per_video, samples, loaded, config), per_video, len(stems), unpaired)
     # 5. outputs

@@ -124,6 +124,22 @@ def detect_faces(frame_rgb: np.ndarray, min_confidence: float = 0.5) -> list[Fac
     return sorted(boxes, key=lambda box: -box.score)
 
 
+def face_keypoints(frame_rgb: np.ndarray, min_confidence: float = 0.5) -> dict[str, np.ndarray] | None:
+    """The short-range detector's keypoints of the best face, in pixels, or None.
+
+    Keys: ``right_eye``, ``left_eye`` (eye centres), ``nose``, ``mouth`` (mouth centre); each (2,).
+    """
+    frame = _as_rgb(frame_rgb)
+    height, width = frame.shape[:2]
+    result = _face_detector(min_confidence).process(frame)
+    if not result.detections:
+        return None
+    best = max(result.detections, key=lambda detection: detection.score[0])
+    points = best.location_data.relative_keypoints  # right eye, left eye, nose tip, mouth centre, ears
+    names = ("right_eye", "left_eye", "nose", "mouth")
+    return {name: np.array([points[i].x * width, points[i].y * height]) for i, name in enumerate(names)}
+
+
 def face_found_rate(frames: np.ndarray, size: int = 256, min_confidence: float = 0.5) -> float:
     """Share of ``frames`` (T, H, W, 3) uint8 in which `detect_faces` finds a face, each frame
     upscaled (bicubic) to ``size`` × ``size`` first: the detector misses faces in small frames."""

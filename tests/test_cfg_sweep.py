@@ -63,12 +63,12 @@ def test_cfg_sweep_tiny_2x2(inputs, tmp_path):
     assert list(zip(table["axis"], table["scale"], strict=True)) == [("audio", 1.0), ("audio", 6.5), ("ref", 1.0),
                                                                       ("ref", 2.5)]  # fmt: skip
     assert (table["nfe"] == 3).all() and (table["videos"] == 1).all()  # 1 DDIM step × 3 CFG branches
-    assert table["iqa_proxy"].gt(0).all()
+    assert table["sharpness"].gt(0).all() and table["piqe"].between(0, 100).all()
     # the default point (6.5, 2.5) is generated once and shared by both axes
     assert table.loc[1, "folder"] == table.loc[3, "folder"]
     assert len(list(out.glob("audio*_ref*/videos/*.mp4"))) == 3
     # other scales give other videos (the guidance is applied)
-    assert table.loc[0, "iqa_proxy"] != table.loc[1, "iqa_proxy"]
+    assert table.loc[0, "sharpness"] != table.loc[1, "sharpness"]
     # FID/FVD without weights are absent from the grid, not replaced by proxies
     assert table["fid"].isna().all() and table["fvd"].isna().all()
     for axis in ("audio", "ref"):

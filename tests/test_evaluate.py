@@ -62,6 +62,7 @@ def test_cli_eval_reports_every_metric(sets):
     # learned metrics without weights: unavailable, with the option that enables them, no value
     enabling = {"sync_d": "--syncnet-weights", "sync_c": "--syncnet-weights", "fvd": "--i3d-weights"}
     enabling |= {"fvd_r": "--r3d-weights", "e_fid": "--expression-weights", "iqa": "--iqa-metric"}
+    enabling |= {"lpips": "LPIPS weights"}
     for name, option in enabling.items():
         assert metrics[name]["status"] == "unavailable", name
         assert metrics[name]["enable"].startswith(option) and metrics[name]["value"] is None
@@ -70,11 +71,18 @@ def test_cli_eval_reports_every_metric(sets):
     assert fid["status"] == "ok" and (fid["n"], fid["n_reference"], fid["unit"]) == (100, 100, "frames")
     assert fid["extractor_sha256"] == hashlib.sha256(sets["inception"].read_bytes()).hexdigest()
     assert fid["value"] == pytest.approx(0.0, abs=1e-6) and "2048" in fid["note"]
-    # proxies: always computed, named *_proxy; identical sets give identical per-video means and E-FID proxy 0
-    for name in ("iqa_proxy", "sync_proxy", "e_fid_proxy"):
+    assert "not found" in metrics["lpips"]["note"]  # no LPIPS weights on the test machine
+    # weight-free metrics: always computed; identical sets give identical per-video means and E-FID proxy 0
+    for name in ("piqe", "sharpness", "psnr", "ssim", "sync_proxy", "sync_proxy_r", "e_fid_proxy"):
         assert metrics[name]["status"] == "ok" and metrics[name]["extractor"], name
+    assert metrics["piqe"]["better"] == "lower" and 0 <= metrics["piqe"]["value"] <= 100
+    assert metrics["piqe"]["value"] == pytest.approx(metrics["piqe"]["reference_value"])
+    # full reference, each generated video against itself: SSIM 1, PSNR far above any real pair's
+    assert metrics["ssim"]["value"] == pytest.approx(1.0, abs=1e-4) and metrics["ssim"]["reference_value"] is None
+    assert metrics["psnr"]["value"] > 60
     assert metrics["sync_proxy"]["value"] == pytest.approx(metrics["sync_proxy"]["reference_value"])
-    assert 0.3 < metrics["sync_proxy"]["value"] <= 1.0  # demo mouths follow the speech
+    assert 0.3 < metrics["sync_proxy"]["value"] < metrics["sync_proxy_r"]["value"] <= 1.0  # mouths follow speech
+    assert metrics["sync_proxy"]["route"] == metrics["e_fid_proxy"]["route"] == "face mesh"
     assert metrics["e_fid_proxy"]["value"] == pytest.approx(0.0, abs=1e-6) and metrics["e_fid_proxy"]["n"] == 100
     # per-video Parquet: one row per (set, video)
     per_video = pd.read_parquet(out / "per_video.parquet")
@@ -87,16 +95,20 @@ def test_cli_eval_reports_every_metric(sets):
 
 def test_metrics_table_shows_status_and_enabling_option():
     metrics = [
-        MetricResult("fid", "ok", 12.5, None, 100, 90, "frames", "lower", "inception", "ab" * 32),
-        MetricResult(
-            "sync_d", "unavailable", None, None, 0, 0, "videos", "lower", None, None, "--syncnet-weights PATH"
-        ),
-    ]
-    console = Console(record=True, width=160)
+        MetricResult(name="fid", status="ok", value=12.5, reference_value=None, n=100, n_reference=90, unit="frames",
+                     better="lower", extractor="inception", extractor_sha256="ab" * 32),
+        MetricResult(name="sync_d", status="unavailable", value=None, reference_value=None, n=0, n_reference=0,
+                     unit="videos", better="lower", extractor=None, extractor_sha256=None,
+                     enable="--syncnet-weights PATH"),
+        MetricResult(name="sync_proxy", status="ok", value=0.51, reference_value=0.55, n=3, n_reference=3,
+                     unit="videos", better="higher", extractor="lag r", extractor_sha256=None, route="mouth window"),
+    ]  # fmt: skip
+    console = Console(record=True, width=200)
     console.print(metrics_table(EvalReport(metrics, pd.DataFrame(), pairs=3)))
     text = console.export_text()
     assert "fid ↓" in text and "12.5" in text and "100 / 90 frames" in text and "abababab" in text
     assert "needs --syncnet-weights PATH" in text
+    assert "lag r, mouth window" in text
 
 
 def test_read_nfe(tmp_path):

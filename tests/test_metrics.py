@@ -237,8 +237,8 @@ def test_e_fid_proxy_needs_frames():
         proxies.e_fid_proxy([np.zeros((1, 30, 2))], landmark_videos(0, 1.0))
 
 
-def test_iqa_proxy_prefers_sharp_frames():
+def test_sharpness_prefers_sharp_frames():
     rng = np.random.default_rng(4)
     sharp = rng.integers(0, 256, size=(10, 64, 64, 3), dtype=np.uint8)
     blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 2.0) for f in sharp])
-    assert proxies.iqa_proxy(sharp) > 5 * proxies.iqa_proxy(blurred)
+    assert proxies.sharpness(sharp) > 5 * proxies.sharpness(blurred)

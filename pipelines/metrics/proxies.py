@@ -8,8 +8,18 @@
   reduces them to K coefficients, and the Fréchet distance between the two sets' coefficients is
   the proxy (lower is better; 0 for identical sets). Out-of-plane head rotation is not removed and
   counts as expression.
-- ``sync_proxy``: `filters.sync` — mouth opening vs audio RMS, best Pearson r over ±15 frame lags.
-- ``iqa_proxy``: `filters.quality.laplacian_sharpness` on every `FRAME_STEP`-th frame.
+  Where the mesh reads too few frames, the same proxy runs on mouth-window descriptors
+  (`window_e_fid_proxy`, `pipelines.metrics.mouth_window`).
+- ``sync_proxy`` (`sync_proxy`): a mouth signal against the audio RMS per frame, best Pearson r
+  over ±15 frame lags (`filters.sync.proxy_offset`), by one of two routes: ``face mesh`` (mouth
+  opening and mouth darkness on the mesh's lips, as curate's `filters.sync`) where the mesh reads
+  at least half of the frames, else ``mouth window`` (mouth darkness in a window found once and
+  followed, `pipelines.metrics.mouth_window`). The best r over 31 lags of a 3-s clip is about
+  0.2–0.5 for audio that has nothing to do with the video, so the score is r above chance:
+  r minus the mean best r of the same mouth signal against three surrogates of the same audio
+  (time-reversed, circularly shifted by half the clip, both), which keep its level and rhythm but
+  not its timing.
+- ``sharpness``: `filters.quality.laplacian_sharpness` on every `FRAME_STEP`-th frame (not an IQA).
 """
 
 from __future__ import annotations
@@ -19,12 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from filters import quality, sync
-from filters.base import ClipData
+from filters.base import NAN, ClipData, interpolated_series
+from pipelines import faces
+from pipelines.metrics import mouth_window
 from pipelines.metrics.frechet import frechet_distance_of_features
 
 E_FID_PROXY_EXTRACTOR = "face-mesh expression pca (weight-free)"
-SYNC_PROXY_EXTRACTOR = "mouth/audio-rms lag correlation"
-IQA_PROXY_EXTRACTOR = "laplacian sharpness"
+E_FID_WINDOW_EXTRACTOR = "mouth-window pixel pca (weight-free)"
+SYNC_PROXY_EXTRACTOR = "mouth/audio-rms lag correlation above chance"
+SYNC_LAG_EXTRACTOR = "mouth/audio-rms lag correlation"  # the raw best-lag r and its lag
+SHARPNESS_EXTRACTOR = "laplacian sharpness"
+MESH_ROUTE, WINDOW_ROUTE = "face mesh", "mouth window"  # the routes of the sync and E-FID proxies
 
 
 def _normalised(shape: np.ndarray) -> np.ndarray:
@@ -106,11 +121,68 @@ def e_fid_proxy(generated: list[np.ndarray], reference: list[np.ndarray], n_comp
     return EFidProxy(value=value, n_generated=len(gen), n_reference=len(ref), n_components=k)
 
 
-def sync_scores(clip: ClipData) -> dict[str, float | str]:
-    """`filters.sync.score`: SyncNet columns (with weights in ``clip.settings``) and the proxy columns."""
-    return sync.score(clip)
+def window_e_fid_proxy(generated: list[np.ndarray], reference: list[np.ndarray], n_components: int = 16) -> EFidProxy:
+    """E-FID proxy between two lists of per-video ``(T, D)`` mouth-window descriptors."""
+    generated = [v for v in generated if len(v) >= 2]
+    reference = [v for v in reference if len(v) >= 2]
+    if not generated or not reference:
+        raise ValueError("need at least one video with a mouth window in each set")
+    ref, gen = np.concatenate(reference), np.concatenate(generated)  # (N_r, D), (N_g, D)
+    k = min(n_components, len(ref) - 1, ref.shape[1])
+    if k < 1 or len(gen) < 2:
+        raise ValueError(f"too few frames for the PCA ({len(gen)} generated, {len(ref)} reference)")
+    pca = ExpressionPCA.fit(ref, k)
+    value = frechet_distance_of_features(pca.transform(gen), pca.transform(ref))
+    return EFidProxy(value=value, n_generated=len(gen), n_reference=len(ref), n_components=k)
 
 
-def iqa_proxy(frames: np.ndarray) -> float:
+def chance_r(mouth: np.ndarray, rms: np.ndarray) -> float:
+    """Mean best-lag r of ``mouth`` against surrogates of ``rms`` (reversed, half-rolled, both)."""
+    half = len(rms) // 2
+    surrogates = (rms[::-1], np.roll(rms, half), np.roll(rms[::-1], half))
+    values = [sync.proxy_offset(mouth, s)[1] for s in surrogates]
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else NAN
+
+
+def _best_signal(signals: list[np.ndarray], rms: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """(signal, offset, r) of the signal with the highest best-lag r, or None."""
+    scored = [(s, *sync.proxy_offset(s, rms)) for s in signals if np.isfinite(s).all()]
+    scored = [item for item in scored if np.isfinite(item[2])]
+    return max(scored, key=lambda item: item[2]) if scored else None
+
+
+def sync_proxy(frames: np.ndarray, audio: np.ndarray, fps: float, audio_sr: int,
+               landmarks: list[np.ndarray | None], anchor: mouth_window.MouthAnchor | None) -> dict:  # fmt: skip
+    """Per-video sync proxy columns: ``sync_proxy_offset`` (frames, video lags audio when > 0),
+    ``sync_proxy_r`` (best-lag r), ``sync_proxy_conf`` (r above chance), ``sync_proxy_route``,
+    and ``notes`` where it could not run. ``anchor``: the mouth window for the window route."""
+    result: dict = {"sync_proxy_offset": NAN, "sync_proxy_r": NAN, "sync_proxy_conf": NAN, "sync_proxy_route": ""}
+    rms = sync.audio_rms_per_frame(audio, len(frames), audio_sr, fps)
+    if rms.std() < 1e-9:
+        return {**result, "notes": "sync proxy: silent audio, nothing to follow"}
+    track = sync.mouth_track(landmarks)
+    opening = interpolated_series([None if p is None else faces.mouth_opening(p) for p in landmarks])
+    if track is not None and opening is not None:
+        route, signals = MESH_ROUTE, [opening, sync.mouth_darkness(frames, *track)]
+    elif anchor is not None:
+        centres = mouth_window.follow_mouth(frames, anchor)
+        route, signals = WINDOW_ROUTE, [sync.mouth_darkness(frames, centres, anchor.eye_distance)]
+    else:
+        return {**result, "notes": "sync proxy: no face found by the face mesh or the face detector"}
+    best = _best_signal(signals, rms)
+    if best is None:
+        return {**result, "sync_proxy_route": route, "notes": "sync proxy: still mouth, no correlation"}
+    signal, offset, r = best
+    return {**result, "sync_proxy_offset": offset, "sync_proxy_r": r, "sync_proxy_conf": r - chance_r(signal, rms),
+            "sync_proxy_route": route}  # fmt: skip
+
+
+def syncnet_scores(clip: ClipData) -> dict[str, float | str]:
+    """`filters.sync.syncnet_columns`: Sync-D / Sync-C / offset with weights in ``clip.settings``."""
+    return sync.syncnet_columns(clip)
+
+
+def sharpness(frames: np.ndarray) -> float:
     """Median Laplacian-variance sharpness of every `FRAME_STEP`-th frame (higher = sharper)."""
     return quality.laplacian_sharpness(frames[:: quality.FRAME_STEP])
