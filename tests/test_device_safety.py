@@ -213,7 +213,8 @@ CPU_ON_PURPOSE = {
     ("pipelines/audio.py", "AudioFeatureWindows.__call__", "arange"): "frame index, moved to the features' device",
     ("pipelines/audio.py", "Wav2Vec2Encoder.frame_features_window", "arange"): "resampling positions, moved",
     # data on the CPU: batches are moved to the device by the training loops
-    ("pipelines/data.py", "ClipDataset._decode", "from_numpy"): "decoded video frames",
+    ("pipelines/data.py", "WindowDataset.decode", "from_numpy"): "decoded video frames and audio, on the CPU",
+    ("pipelines/data.py", "window_features", "from_numpy"): "frame index into CPU (or cached) features",
     ("pipelines/checkpoint.py", "pack_state.encode", "from_numpy"): "saved to safetensors from the CPU",
     # metric extractors: `Extractor._forward` moves its inputs to the extractor's device
     ("pipelines/metrics/extractors.py", "_inception_input", "from_numpy"): "moved by _forward",
