@@ -130,14 +130,20 @@ def test_manifest_missing_a_column(manifest, tmp_path):
     assert "missing column 'tier'" in lines[0] and "fada curate" in lines[0]
 
 
-def test_unreadable_clip(manifest, tmp_path):
+@pytest.mark.parametrize("loading", ["in-process", "worker", "cache"])
+def test_unreadable_clip(manifest, tmp_path, loading):
+    """A clip is decoded when a window of it is drawn (a batch of 3 draws every clip), in a DataLoader
+    worker or while the latent cache is filled: the error is one line naming the clip either way."""
     df = read_manifest(manifest)
     (manifest.parent / "clips" / "broken.mp4").write_bytes(b"not a video at all")
     df.loc[1, "video_path"] = "clips/broken.mp4"
     bad = manifest.parent / "broken.parquet"
     write_manifest(df, bad, "test")
-    result, lines = run_cli("--manifest", str(bad), "--out", str(tmp_path / "o"))
-    assert result.exit_code == 1 and len(lines) == 1
+    extra = {"in-process": [], "worker": ["--num-workers", "1"], "cache": ["--cache-latents", str(tmp_path / "c")]}
+    args = ["train-teacher", "--manifest", str(bad), "--out", str(tmp_path / "o"), *TINY, "--steps", "1"]
+    result = runner.invoke(app, [*args, "--batch-size", "3", *extra[loading]])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
     assert df.loc[1, "clip_id"] in lines[0] and "broken.mp4" in lines[0]
 
 
