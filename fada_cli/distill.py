@@ -110,9 +110,15 @@ def command(
     keep the checkpoint's values (only --steps, --checkpoint-every, --gradient-checkpointing,
     --num-workers and --cache-latents may change).
 
-    Example:
+    --cache-latents DIR reads the windows' latents from the teacher run's cache (adding the clips it
+    lacks, encoded with the teacher's VAE).
+
+    Examples:
 
         fada distill --teacher runs/teacher --manifest curated/manifest.parquet --tier B --mode fast --out runs/student
+
+        fada distill --teacher runs/teacher --manifest curated/manifest.parquet --out runs/student
+        --cache-latents cache/curated-sd15
     """
     from pipelines.checkpoint import load_checkpoint_info
     from pipelines.devices import resolve_device

@@ -112,6 +112,9 @@ def command(
     OUT/train_log.csv and TensorBoard events in OUT/tb/. Bracketed defaults apply to a new run; with
     --resume, options left out keep the checkpoint's values (only --steps, --checkpoint-every,
     --gradient-checkpointing, --num-workers and --cache-latents may change).
+    Clips are decoded when a window of them is drawn (--num-workers DataLoader workers);
+    --cache-latents DIR encodes each clip's VAE latents and audio features once and reads the
+    windows from DIR after (shared with `fada distill` on the same manifest and VAE).
     Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m fada_cli.main train-teacher ...`.
 
     Examples:
@@ -125,6 +128,9 @@ def command(
 
         fada train-teacher --manifest demo/manifest.parquet --init-from runs/teacher --out runs/teacher-snr
         --loss-weighting truncated-snr --steps 1000
+
+        fada train-teacher --manifest curated/manifest.parquet --preset sd15 --pretrained-sd sd15/ --stage image
+        --out runs/image --cache-latents cache/curated-sd15 --num-workers 4
     """
     from pipelines.audio import with_audio_encoder
     from pipelines.checkpoint import load_checkpoint_info

@@ -1,8 +1,9 @@
 """PeRFlow distillation of a teacher into a few-step student (FADA, SPEC §4, Eqs. 2-10).
 
 One optimiser step: for each of ``grad_accum`` micro-batches, draw B clip windows (tier B, which
-holds tier A), encode them, and per sample draw t ∈ {1, 0.999, …, 0.001}, ε ~ N(0, I) and — in
-fast mode — CFG scales (cfg_a, cfg_r) from the configured ranges. With k = window_of(t):
+holds tier A), encode them (or read their cached latents), and per sample draw
+t ∈ {1, 0.999, …, 0.001}, ε ~ N(0, I) and — in fast mode — CFG scales (cfg_a, cfg_r) from the
+configured ranges. With k = window_of(t):
 
 1. z_s = √a_s·z_0 + √(1−a_s)·ε at the window start t_k (ᾱ index `boundary_index`);
 2. the frozen teacher solves the window with n DDIM steps (`schedulers.solve_window`, Eq. 2):
@@ -15,9 +16,10 @@ fast mode — CFG scales (cfg_a, cfg_r) from the configured ranges. With k = win
 4. R_i = L_gt,i / L_distill,i (detached), W_i per ``--gt-weight`` (Eqs. 7-8),
    L = mean_i(L_distill,i + W_i·L_gt,i).
 
-All of the math comes from `pipelines.fada_math` and `pipelines.schedulers`. The loop machinery
-(accelerate, exact resume, EMA, CSV + TensorBoard logs) is `pipelines.training`, shared with the
-teacher. Checkpoint: stage ``student``, mode ``fast`` | ``balanced``, with the teacher's hash.
+All of the math comes from `pipelines.fada_math` and `pipelines.schedulers`. The loop and its
+machinery (accelerate, exact resume, EMA, CSV + TensorBoard logs; `training.run_training_loop`)
+are `pipelines.training`, shared with the teacher. Checkpoint: stage ``student``, mode ``fast`` |
+``balanced``, with the teacher's hash.
 Logs in OUT: ``train_log.csv`` (per step), ``supervision.csv`` (per sample: t, k, scales, both
 losses, R, W), TensorBoard under ``tb/`` and ``ratio_histogram.png`` (R with the Rp and Rd lines).
 """

@@ -1,8 +1,9 @@
 """The teacher training loop (SPEC §3–5): ε-prediction DDPM loss on tier-A clips.
 
-One optimiser step: for each of ``grad_accum`` micro-batches, draw B clip windows
-(`pipelines.data`), encode them, draw t uniform in 0..999 and ε ~ N(0, I), form
-z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the SD1.5 schedule (`schedulers.add_noise`), drop conditions
+One optimiser step (the loop is `training.run_training_loop`): for each of ``grad_accum``
+micro-batches, draw B clip windows (`pipelines.data`), encode them (or read their cached
+latents), draw t uniform in 0..999 and ε ~ N(0, I), form z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the
+SD1.5 schedule (`schedulers.add_noise`), drop conditions
 (SPEC §3: audio alone with p_drop_audio, both with p_drop_both, from the model config) and
 regress the model's ε on the true ε (MSE); then clip gradients, step AdamW and the LR schedule,
 update the EMA.

@@ -93,6 +93,24 @@ def test_resume_equals_uninterrupted(manifest, straight_run, tmp_path):
     assert summary["final_loss"] == float(log_rows(straight_run)[-1]["loss"])
 
 
+def test_latent_cache_and_workers_replay_the_uninterrupted_run(manifest, straight_run, tmp_path):
+    """A run that fills the latent cache, resumed with DataLoader workers reading it (the cache folder
+    kept from the checkpoint), has the losses of the plain run; the cache is written once."""
+    out, cache = tmp_path / "cached", tmp_path / "cache"
+    base = ["train-teacher", "--manifest", str(manifest), "--out", str(out)]
+    first = runner.invoke(app, [*base, *TINY, "--steps", "1", "--cache-latents", str(cache)])
+    assert first.exit_code == 0, first.output
+    files = sorted((cache / "clips").glob("*.safetensors"))
+    assert len(files) == 3 and (cache / "cache.json").is_file()
+    written = [f.stat().st_mtime_ns for f in files]
+    resumed = runner.invoke(app, [*base, "--resume", "--steps", "2", "--num-workers", "2", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["loss"] for r in log_rows(out)] == [r["loss"] for r in log_rows(straight_run)]
+    assert [f.stat().st_mtime_ns for f in sorted((cache / "clips").glob("*.safetensors"))] == written
+    train = load_checkpoint_info(out, expect_stage="teacher").config["train"]
+    assert train["latent_cache"] == str(cache) and train["num_workers"] == 2
+
+
 @pytest.mark.slow
 def test_two_process_accelerate_run(manifest, tmp_path):
     out = tmp_path / "ddp"
