@@ -101,8 +101,10 @@ class WindowDataset(torch.utils.data.Dataset):
                 f"at least {needed} (F={self.num_frames} plus a reference frame), and {len(short) - 1} more clips "
                 "are as short; pass a smaller --frames or use longer clips."
             )
-        self.clip_ids = [str(c) for c in rows["clip_id"]]
-        self.video_paths = [str(p) for p in rows["video_path"]]  # manifest-relative: small per row
+        # fixed-width string arrays, not lists of Python objects: a forked DataLoader worker reads them
+        # without copying their pages (reference counts), and a row costs a few hundred bytes at most
+        self.clip_ids = np.array([str(c) for c in rows["clip_id"]], dtype=np.str_)
+        self.video_paths = np.array([str(p) for p in rows["video_path"]], dtype=np.str_)  # manifest-relative
         self._decoded: collections.OrderedDict[int, DecodedClip] = collections.OrderedDict()  # the LRU
         self._audio_encoder = None  # built on first use, in the process (or worker) that decodes
 
@@ -115,14 +117,14 @@ class WindowDataset(torch.utils.data.Dataset):
         return sum(clip.nbytes for clip in self._decoded.values())
 
     def path(self, clip_index: int) -> Path:
-        return clip_path(self.manifest, self.video_paths[clip_index])
+        return clip_path(self.manifest, str(self.video_paths[clip_index]))
 
     # --- decoding -------------------------------------------------------------------------------
 
     def decode(self, clip_index: int, audio_encoder=None) -> DecodedClip:
         """Decode one clip: frames resized to the model's sample_size, per-frame audio features
         (from ``audio_encoder``, by default one built for this process on the CPU)."""
-        clip_id, path = self.clip_ids[clip_index], self.path(clip_index)
+        clip_id, path = str(self.clip_ids[clip_index]), self.path(clip_index)
         try:
             video, _fps = read_video(path)  # (T, H, W, 3) uint8
             waveform = read_audio(path)  # (N,) float32 at 16 kHz, time 0 = first frame
@@ -165,7 +167,7 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         clip_index, sample_seed = key
-        source = self.cache.clip(self.clip_ids[clip_index]) if self.cache is not None else self._clip(clip_index)
+        source = self.cache.clip(str(self.clip_ids[clip_index])) if self.cache is not None else self._clip(clip_index)
         n = source.n_frames
         rng = np.random.default_rng(sample_seed)
         f, m = self.num_frames, self.num_motion_frames

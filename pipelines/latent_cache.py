@@ -74,9 +74,9 @@ class LatentCache:
         frames = handle.get_slice("latents" if self.latent else "frames")
         return CachedClip(frames.get_shape()[0], frames, handle.get_slice("audio_features"))
 
-    def missing(self, clip_ids: list[str]) -> list[int]:
+    def missing(self, clip_ids) -> list[int]:
         """Indices of ``clip_ids`` without a cache file."""
-        return [i for i, clip_id in enumerate(clip_ids) if not self.file(clip_id).is_file()]
+        return [i for i, clip_id in enumerate(clip_ids) if not self.file(str(clip_id)).is_file()]
 
 
 def cache_key(manifest: Path, config: ModelConfig, vae: torch.nn.Module | None) -> dict:
@@ -161,9 +161,10 @@ def fill_cache(cache: LatentCache, dataset: WindowDataset, encode_images, device
             else:
                 tensors = {"frames": clip.frames}
             tensors["audio_features"] = clip.audio_features
-            path = cache.file(dataset.clip_ids[index])
+            clip_id = str(dataset.clip_ids[index])
+            path = cache.file(clip_id)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-            save_file(tensors, str(tmp), metadata={"clip_id": dataset.clip_ids[index]})
+            save_file(tensors, str(tmp), metadata={"clip_id": clip_id})
             os.replace(tmp, path)
             progress.advance(task)
     log(f"cached {len(todo)} clips in {cache.folder}", quiet=quiet)
