@@ -53,7 +53,8 @@ sampler = data.WindowSampler(len(dataset), seed=0)
 for _ in range(__BATCHES__):
     batch = dataset.batch(sampler.take(__BATCH_SIZE__))
 done = time.perf_counter()
-print(json.dumps({"imported_mb": imported_mb, "start_s": ready - began, "windows_per_s": __BATCHES__ * __BATCH_SIZE__ / (done - ready),
+rate = __BATCHES__ * __BATCH_SIZE__ / (done - ready)
+print(json.dumps({"imported_mb": imported_mb, "start_s": ready - began, "windows_per_s": rate,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """.replace("__BATCHES__", str(BATCHES)).replace("__BATCH_SIZE__", str(BATCH_SIZE))
 
@@ -121,7 +122,8 @@ def main() -> None:
         f"`python bench/bench_data_stream.py{' --baseline …' if args.baseline else ''}` "
         f"({time.perf_counter() - began:.0f} s). Demo preset (64 px, F = 8), 1-s clips, {BATCHES}×{BATCH_SIZE} "
         "windows drawn in one process (no workers), one CPU thread; peak RSS of a fresh process (torch "
-        "and fada's imports are most of it: see the column after imports). `whole`: the pre-streaming ClipDataset, which decoded every clip at start.",
+        "and fada's imports are most of it: see the column after imports). `whole`: the pre-streaming "
+        "ClipDataset, which decoded every clip at start.",
         "",
         "| rows | data | start (s) | windows/s | peak RSS after imports (MB) | peak RSS (MB) | growth (MB) |",
         "|---|---|---|---|---|---|---|",
