@@ -8,8 +8,9 @@ For every clip of a manifest that a run draws from, one safetensors file holds
 - ``audio_features`` (T, D_feat) float32: the per-frame audio features (the dataset windows them).
 
 The folder's ``cache.json`` records the key the latents are valid for: the manifest's hash, the
-sample size and codec, a hash of the VAE's weights and config, and the audio encoder's settings
-(and a hash of a wav2vec2 folder's files). A run whose key differs is refused with a message that
+sample size and codec, a hash of the VAE's weights (rounded to bf16, so that the fp32 VAE of a
+teacher run and the bf16 copy a distillation may hold share one cache) and config, and the audio
+encoder's settings (and a hash of a wav2vec2 folder's files). A run whose key differs is refused with a message that
 names what changed — the folder is never silently rebuilt, since another run may be reading it.
 Clips are added on demand: the teacher (tier A) writes the tier-A clips, distillation (tiers A and
 B) reads those and adds tier B. Each file appears atomically, so an interrupted build resumes.
@@ -95,9 +96,9 @@ def cache_key(manifest: Path, config: ModelConfig, vae: torch.nn.Module | None) 
     if config.latent_codec == "vae":
         digest = hashlib.sha256(repr((config.vae_block_out_channels, config.vae_layers_per_block,
                                       config.vae_norm_num_groups, config.vae_scaling_factor)).encode())  # fmt: skip
-        for name, tensor in sorted(vae.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        for name, tensor in sorted(vae.state_dict().items()):  # at bf16 precision: a bf16 copy of the same
+            digest.update(name.encode())  # VAE (a frozen teacher under --mixed-precision bf16) shares the cache
+            digest.update(tensor.detach().to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
         key["vae_hash"] = digest.hexdigest()
     if config.audio_encoder == "wav2vec2":
         digest = hashlib.sha256()

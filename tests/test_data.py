@@ -176,6 +176,9 @@ def test_latent_cache_round_trips_and_is_refused_when_the_manifest_changes(manif
     write_manifest(df.iloc[:2], changed, "test")
     with pytest.raises(InputFileError, match="the manifest changed: manifest_hash differ"):
         open_cache(tmp_path / "cache", cache_key(changed, TINY_VAE, model.vae), create=True)
+    bf16_copy = FadaModel.from_config(TINY_VAE).vae
+    bf16_copy.load_state_dict(model.vae.state_dict())
+    assert cache_key(manifest, TINY_VAE, bf16_copy.to(torch.bfloat16)) == key  # the same VAE in bf16 shares it
     with torch.no_grad():
         next(model.vae.parameters()).add_(1.0)
     with pytest.raises(InputFileError, match="vae_hash"):
