@@ -153,13 +153,13 @@ def x0_errors(checkpoint: Path, data: dict) -> dict[str, float]:
     import torch
 
     from pipelines.checkpoint import load_checkpoint_info
-    from pipelines.data import ClipDataset
+    from pipelines.data import WindowDataset
     from pipelines.model import FadaModel
     from pipelines.schedulers import sd15_alphas_cumprod
 
     info = load_checkpoint_info(checkpoint, expect_stage="teacher")
     model = FadaModel.from_checkpoint(checkpoint, expect_stage="teacher").eval()
-    dataset = ClipDataset(data["held_out"], model.config, ("A", "B"), quiet=True)
+    dataset = WindowDataset(data["held_out"], model.config, ("A", "B"))
     batch = dataset.batch([(i % len(dataset), 1000 + i) for i in range(EVAL_WINDOWS)])
     alphas = sd15_alphas_cumprod(torch.float32)
     g = torch.Generator().manual_seed(0)

@@ -12,6 +12,7 @@ import typer
 from fada_cli.options import (
     AutocastDtypeOption,
     BatchSizeOption,
+    CacheLatentsOption,
     CheckpointEveryOption,
     DeviceOption,
     EmaOption,
@@ -19,6 +20,7 @@ from fada_cli.options import (
     GradientCheckpointingOption,
     JsonOption,
     LrScheduleOption,
+    NumWorkersOption,
     OptimizerOption,
     OverwriteOption,
     QuietOption,
@@ -86,6 +88,8 @@ def command(
     warmup_steps: WarmupStepsOption = None,
     gradient_checkpointing: GradientCheckpointingOption = None,
     optimizer: OptimizerOption = None,
+    num_workers: NumWorkersOption = None,
+    cache_latents: CacheLatentsOption = None,
     grad_accum: GradAccumOption = None,
     ema: EmaOption = None,
     checkpoint_every: CheckpointEveryOption = None,
@@ -103,12 +107,18 @@ def command(
     frozen teacher solves each PeRFlow window with DDIM (multi-CFG at per-sample scales in fast
     mode). Per-sample R = L_gt/L_distill and W go to OUT/supervision.csv, TensorBoard (OUT/tb/) and
     OUT/ratio_histogram.png. Bracketed defaults apply to a new run; with --resume, options left out
-    keep the checkpoint's values (only --steps, --checkpoint-every and --gradient-checkpointing may
-    change).
+    keep the checkpoint's values (only --steps, --checkpoint-every, --gradient-checkpointing,
+    --num-workers and --cache-latents may change).
 
-    Example:
+    --cache-latents DIR reads the windows' latents from the teacher run's cache (adding the clips it
+    lacks, encoded with the teacher's VAE).
+
+    Examples:
 
         fada distill --teacher runs/teacher --manifest curated/manifest.parquet --tier B --mode fast --out runs/student
+
+        fada distill --teacher runs/teacher --manifest curated/manifest.parquet --out runs/student
+        --cache-latents cache/curated-sd15
     """
     from pipelines.checkpoint import load_checkpoint_info
     from pipelines.devices import resolve_device
@@ -125,6 +135,7 @@ def command(
         cfg_ref_range=_pair("--cfg-ref-range", cfg_ref_range), steps=steps, batch_size=batch_size, lr=lr,
         grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, seed=seed, lr_schedule=lr_schedule,
         warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
+        num_workers=num_workers, latent_cache=cache_latents,
     )  # fmt: skip
     if resume:
         info = load_checkpoint_info(out, expect_stage=STAGE)

@@ -43,6 +43,24 @@ OptimizerOption = Annotated[
     str | None,
     typer.Option("--optimizer", help="adamw or adamw8bit (bitsandbytes, 8-bit moments: less memory) \\[adamw]."),
 ]
+NumWorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--num-workers",
+        help="DataLoader worker processes that decode clips (or read cached latents) per training process; "
+        "0 loads in the training process; may change on --resume \\[0 on the CPU, else up to 4].",
+    ),
+]
+CacheLatentsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-latents",
+        help="Folder of the latent cache: each clip's VAE latents (resized frames in pixel space) and audio "
+        "features, encoded once on the first run that needs them and read window by window after; shared by "
+        "train-teacher and distill on the same manifest. A cache built for another manifest or model is "
+        "refused. May change on --resume \\[off: decode clips while training].",
+    ),
+]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint in --out.")]
 AutocastDtypeOption = Annotated[
     str | None,
@@ -66,6 +84,8 @@ def training_overrides(device, dtype: str | None, tiers: tuple[str, ...] | None,
 
     if dtype is not None:
         given["mixed_precision"] = MIXED_PRECISION[resolve_dtype(dtype, device)]
+    if given.get("latent_cache") is not None:
+        given["latent_cache"] = str(given["latent_cache"])
     return {k: v for k, v in (given | {"tiers": tiers}).items() if v is not None}
 
 

@@ -12,6 +12,7 @@ import typer
 from fada_cli.options import (
     AutocastDtypeOption,
     BatchSizeOption,
+    CacheLatentsOption,
     CheckpointEveryOption,
     DeviceOption,
     EmaOption,
@@ -19,6 +20,7 @@ from fada_cli.options import (
     GradientCheckpointingOption,
     JsonOption,
     LrScheduleOption,
+    NumWorkersOption,
     OptimizerOption,
     OverwriteOption,
     QuietOption,
@@ -88,6 +90,8 @@ def command(
     warmup_steps: WarmupStepsOption = None,
     gradient_checkpointing: GradientCheckpointingOption = None,
     optimizer: OptimizerOption = None,
+    num_workers: NumWorkersOption = None,
+    cache_latents: CacheLatentsOption = None,
     audio_encoder: Annotated[
         str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder \\[mel].")
     ] = None,
@@ -106,8 +110,11 @@ def command(
 
     Writes a checkpoint folder every --checkpoint-every steps and at the end, with the loss curve in
     OUT/train_log.csv and TensorBoard events in OUT/tb/. Bracketed defaults apply to a new run; with
-    --resume, options left out keep the checkpoint's values (only --steps, --checkpoint-every and
-    --gradient-checkpointing may change).
+    --resume, options left out keep the checkpoint's values (only --steps, --checkpoint-every,
+    --gradient-checkpointing, --num-workers and --cache-latents may change).
+    Clips are decoded when a window of them is drawn (--num-workers DataLoader workers);
+    --cache-latents DIR encodes each clip's VAE latents and audio features once and reads the
+    windows from DIR after (shared with `fada distill` on the same manifest and VAE).
     Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m fada_cli.main train-teacher ...`.
 
     Examples:
@@ -121,6 +128,9 @@ def command(
 
         fada train-teacher --manifest demo/manifest.parquet --init-from runs/teacher --out runs/teacher-snr
         --loss-weighting truncated-snr --steps 1000
+
+        fada train-teacher --manifest curated/manifest.parquet --preset sd15 --pretrained-sd sd15/ --stage image
+        --out runs/image --cache-latents cache/curated-sd15 --num-workers 4
     """
     from pipelines.audio import with_audio_encoder
     from pipelines.checkpoint import load_checkpoint_info
@@ -153,6 +163,7 @@ def command(
         ema=ema, checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting, snr_gamma=snr_gamma,
         stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
+        num_workers=num_workers, latent_cache=cache_latents,
     )  # fmt: skip
     if not resume:  # a new run of the sd15 preset starts from settings that fit one 80 GB GPU
         train_config = dataclasses.replace(train_config, **preset_defaults(model_config.preset, torch_device))

@@ -1,6 +1,6 @@
-"""The training dataset: clips of a manifest → frame windows, reference, motion frames, audio features.
+"""The training data: clips of a manifest → frame windows, reference, motion frames, audio features.
 
-One item is one training clip of F frames (SPEC §3):
+One item is one training window of F frames (SPEC §3):
 
 - ``frames``: F consecutive frames from a random window start, images in [-1, 1], (F, 3, S, S);
 - ``reference``: another frame of the same clip, drawn outside the window and its motion frames
@@ -11,18 +11,26 @@ One item is one training clip of F frames (SPEC §3):
 - ``audio_features``: the windowed audio features of the F frames, (F, W, D_feat), from
   `audio.frame_audio_features` (±audio_window frames).
 
-Every clip is decoded once, resized to the model's ``sample_size`` and kept in memory as uint8 with
-its audio features (computed once per clip, never per step): 3·S² bytes per frame plus
-4·W·D_feat per frame of features — about 1.9 MB per second of 64-px video with the demo preset.
+With a VAE latent cache (`pipelines.latent_cache`) the images come as latents instead:
+``latents`` (F, C, h, w), ``reference_latent`` (C, h, w) and ``motion_latents`` (M, C, h, w);
+`batch_latents` gives a loss the batch's latents either way, so nothing is encoded twice.
+
+The data streams: a clip is decoded (or its window read from the cache) only when a window of it
+is drawn, in `torch.utils.data.DataLoader` workers (`window_batches`). Memory does not grow with
+the hours in the manifest: what a process holds is the manifest's rows plus a small LRU of decoded
+clips (``memory_mb``, per process; a tiny demo set fits whole and is decoded once), and a cached
+clip is read window by window (safetensors slices), never whole.
 
 Items are addressed by a key ``(clip_index, sample_seed)``: everything random about an item comes
 from its seed, so a stream of keys from `WindowSampler` (a position counter) replays exactly on
-``--resume``.
+``--resume``, whichever process or worker loads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,31 +38,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.audio import build_audio_encoder, frame_audio_features
-from pipelines.errors import ManifestError, MediaError
+from pipelines.audio import build_audio_encoder
+from pipelines.errors import FadaError, ManifestError, MediaError
 from pipelines.manifest import clip_path, read_manifest
 from pipelines.media import read_audio, read_video
 from pipelines.model_config import ModelConfig
-from pipelines.progress import log, make_progress
 
-DATA_COLUMNS = ("clip_id", "video_path", "tier")  # manifest columns the dataset reads
+DATA_COLUMNS = ("clip_id", "video_path", "tier", "n_frames")  # manifest columns the dataset reads
+CLIP_MEMORY_MB = 256.0  # default LRU budget of decoded clips per process (≈ 13 s of 512² video)
+IMAGE_KEYS = ("frames", "reference", "motion")  # item keys of images in [-1, 1]
+LATENT_KEYS = ("latents", "reference_latent", "motion_latents")  # the same as cached VAE latents
 
 
 @dataclass(frozen=True)
-class CachedClip:
-    """One decoded clip, kept in memory."""
+class DecodedClip:
+    """One decoded clip: what the LRU holds and what the latent cache stores for pixel-space models."""
 
-    clip_id: str  # the manifest's clip_id
-    path: Path  # absolute path of the mp4
     frames: torch.Tensor  # (T, S, S, 3) uint8 RGB, resized to the model's sample_size
-    audio_features: torch.Tensor  # (T, W, D_feat) float32 windowed audio features
+    audio_features: torch.Tensor  # (T, D_feat) float32 per-frame audio features (windowed when drawn)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.nbytes + self.audio_features.nbytes
 
 
-class ClipDataset(torch.utils.data.Dataset):
+class WindowDataset(torch.utils.data.Dataset):
     """Training windows over the clips of ``tiers`` in a manifest (tier A: teacher; B: distillation).
 
     ``dataset[(clip_index, sample_seed)]`` → dict of ``frames`` (F, 3, S, S), ``reference``
     (3, S, S), ``motion`` (M, 3, S, S), ``audio_features`` (F, W, D_feat); images in [-1, 1].
+    With ``cache`` (a `latent_cache.LatentCache` holding every clip) the windows are read from it,
+    as latents for a VAE model (``latents``, ``reference_latent``, ``motion_latents``).
     """
 
     def __init__(
@@ -63,29 +81,50 @@ class ClipDataset(torch.utils.data.Dataset):
         model_config: ModelConfig,
         tiers: Sequence[str] = ("A",),
         num_frames: int | None = None,
-        quiet: bool = False,
+        cache=None,
+        memory_mb: float = CLIP_MEMORY_MB,
     ):
         self.manifest = Path(manifest)
         self.config = model_config
         self.tiers = tuple(tiers)
         self.num_frames = model_config.frames_per_clip if num_frames is None else num_frames  # F
         self.num_motion_frames = model_config.motion_frames  # M
+        self.cache = cache
+        self.memory_budget = int(memory_mb * 2**20)
         rows = select_tiers(self.manifest, self.tiers)
-        encoder = build_audio_encoder(model_config)
-        self.clips: list[CachedClip] = []
-        with make_progress(quiet) as progress:
-            task = progress.add_task(f"decoding {len(rows)} tier-{'/'.join(self.tiers)} clips", total=len(rows))
-            for clip_id, relative in zip(rows["clip_id"], rows["video_path"], strict=True):
-                self.clips.append(self._decode(str(clip_id), clip_path(self.manifest, relative), encoder))
-                progress.advance(task)
-        log(
-            f"cached {len(self.clips)} clips, {sum(len(c.frames) for c in self.clips)} frames, "
-            f"{self.memory_bytes / 2**20:.1f} MB in memory",
-            quiet=quiet,
-        )
+        needed = self.num_frames + 1
+        short = rows[rows["n_frames"] < needed]
+        if len(short):
+            first = short.iloc[0]
+            raise MediaError(
+                f"clip {first['clip_id']!r} ({first['video_path']}) has {first['n_frames']} frames but training needs "
+                f"at least {needed} (F={self.num_frames} plus a reference frame), and {len(short) - 1} more clips "
+                "are as short; pass a smaller --frames or use longer clips."
+            )
+        # fixed-width string arrays, not lists of Python objects: a forked DataLoader worker reads them
+        # without copying their pages (reference counts), and a row costs a few hundred bytes at most
+        self.clip_ids = np.array([str(c) for c in rows["clip_id"]], dtype=np.str_)
+        self.video_paths = np.array([str(p) for p in rows["video_path"]], dtype=np.str_)  # manifest-relative
+        self._decoded: collections.OrderedDict[int, DecodedClip] = collections.OrderedDict()  # the LRU
+        self._audio_encoder = None  # built on first use, in the process (or worker) that decodes
 
-    def _decode(self, clip_id: str, path: Path, encoder) -> CachedClip:
-        """Decode one clip, resize its frames and compute its audio features, once."""
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by this process's LRU of decoded clips."""
+        return sum(clip.nbytes for clip in self._decoded.values())
+
+    def path(self, clip_index: int) -> Path:
+        return clip_path(self.manifest, str(self.video_paths[clip_index]))
+
+    # --- decoding -------------------------------------------------------------------------------
+
+    def decode(self, clip_index: int, audio_encoder=None) -> DecodedClip:
+        """Decode one clip: frames resized to the model's sample_size, per-frame audio features
+        (from ``audio_encoder``, by default one built for this process on the CPU)."""
+        clip_id, path = str(self.clip_ids[clip_index]), self.path(clip_index)
         try:
             video, _fps = read_video(path)  # (T, H, W, 3) uint8
             waveform = read_audio(path)  # (N,) float32 at 16 kHz, time 0 = first frame
@@ -104,41 +143,82 @@ class ClipDataset(torch.utils.data.Dataset):
         if frames.shape[-2:] != (size, size):
             frames = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         frames = frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (T, S, S, 3)
-        features = frame_audio_features(waveform, len(video), encoder)  # (T, W, D)
-        return CachedClip(clip_id, path, frames, features.float().contiguous())
+        if audio_encoder is None:
+            if self._audio_encoder is None:
+                self._audio_encoder = build_audio_encoder(self.config)
+            audio_encoder = self._audio_encoder
+        features = audio_encoder.frame_features(torch.from_numpy(np.asarray(waveform, np.float32)), len(video))
+        return DecodedClip(frames, features.float().cpu().contiguous())  # features (T, D)
 
-    @property
-    def memory_bytes(self) -> int:
-        """Bytes held by the in-memory cache (frames + audio features)."""
-        return sum(c.frames.nbytes + c.audio_features.nbytes for c in self.clips)
+    def _clip(self, clip_index: int) -> DecodedClip:
+        """The decoded clip from the LRU, decoding it (and evicting the oldest past the budget) on a miss."""
+        if clip_index in self._decoded:
+            self._decoded.move_to_end(clip_index)
+            return self._decoded[clip_index]
+        clip = self.decode(clip_index)
+        self._decoded[clip_index] = clip
+        while len(self._decoded) > 1 and self.memory_bytes > self.memory_budget:
+            self._decoded.popitem(last=False)
+        if self.memory_bytes > self.memory_budget:  # one clip over the budget: used now, not kept
+            self._decoded.pop(clip_index)
+        return clip
 
-    def __len__(self) -> int:
-        return len(self.clips)
+    # --- items ----------------------------------------------------------------------------------
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         clip_index, sample_seed = key
-        clip = self.clips[clip_index]
+        source = self.cache.clip(str(self.clip_ids[clip_index])) if self.cache is not None else self._clip(clip_index)
+        n = source.n_frames
         rng = np.random.default_rng(sample_seed)
-        n, f, m = len(clip.frames), self.num_frames, self.num_motion_frames
+        f, m = self.num_frames, self.num_motion_frames
         start = int(rng.integers(0, n - f + 1))
         reference_index = int(rng.choice(reference_candidates(n, start, f, m)))
-        reference = to_unit_range(clip.frames[reference_index])  # (3, S, S)
-        motion = (
-            torch.stack([to_unit_range(clip.frames[i]) if i >= 0 else reference for i in range(start - m, start)])
-            if m
-            else reference.new_zeros((0, *reference.shape))
-        )  # (M, 3, S, S)
+        first = max(0, start - m)  # motion positions before frame 0 hold the reference
+        images = source.frames[first : start + f]  # (start + F − first, ...) uint8 frames or latents
+        reference = source.frames[reference_index : reference_index + 1][0]
+        if images.dtype == torch.uint8:
+            images, reference = to_unit_range(images), to_unit_range(reference)  # (…, 3, S, S) in [-1, 1]
+        motion = torch.cat([reference[None].expand(m - (start - first), *reference.shape), images[: start - first]])
+        names = LATENT_KEYS if self.cache is not None and self.cache.latent else IMAGE_KEYS
         return {
-            "frames": to_unit_range(clip.frames[start : start + f]),  # (F, 3, S, S)
-            "reference": reference,
-            "motion": motion,
-            "audio_features": clip.audio_features[start : start + f],  # (F, W, D_feat)
+            names[0]: images[start - first :],  # (F, C, h, w)
+            names[1]: reference,  # (C, h, w)
+            names[2]: motion,  # (M, C, h, w)
+            "audio_features": window_features(source.audio_features, start, f, self.config.audio_window),
         }
 
     def batch(self, keys: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Stack the items of ``keys``: every tensor gains a leading batch dimension B."""
-        items = [self[key] for key in keys]
-        return {name: torch.stack([item[name] for item in items]) for name in items[0]}
+        return collate_items([self[key] for key in keys])
+
+
+def collate_items(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {name: torch.stack([item[name] for item in items]) for name in items[0]}
+
+
+def window_features(features, start: int, f: int, window: int) -> torch.Tensor:
+    """Frames [start, start + f) of `audio.frame_audio_features` from per-frame features (T, D) — or
+    a safetensors slice of them — read around the window only → (F, W = 2·window + 1, D)."""
+    n = features.shape[0] if torch.is_tensor(features) else features.get_shape()[0]
+    low, high = max(0, start - window), min(n, start + f + window)
+    part = features[low:high]  # (high − low, D)
+    index = np.clip(np.arange(start, start + f)[:, None] + np.arange(-window, window + 1)[None, :], 0, n - 1)
+    return part[torch.from_numpy(index - low)]  # (F, W, D)
+
+
+def batch_latents(encode_images, batch: dict, motion: bool = True):
+    """The batch's latents ``(z0 (B, F, C, h, w), reference_latent (B, C, h, w), motion_latents (B, M, C, h, w))``:
+    read from the latent cache when the batch holds them, else encoded with ``encode_images`` (no gradient).
+
+    ``motion=False`` skips the motion frames (None), as the image stage does.
+    """
+    if "latents" in batch:
+        return batch["latents"], batch["reference_latent"], batch["motion_latents"] if motion else None
+    with torch.no_grad():
+        z0 = encode_images(batch["frames"])
+        reference_latent = encode_images(batch["reference"])
+        motion_latents = encode_images(batch["motion"]) if motion else None
+    return z0, reference_latent, motion_latents
 
 
 def select_tiers(manifest: Path, tiers: Sequence[str]):
@@ -205,3 +285,81 @@ class WindowSampler:
                 f"{self.n_clips}; resume with the same manifest and tiers, or start a new --out."
             )
         self.seed, self.position = state["seed"], state["position"]
+
+
+# --- loading in DataLoader workers -------------------------------------------------------------------
+
+
+class _KeyBatches(torch.utils.data.Sampler):
+    """This process's share of each micro-batch of the key stream, from ``position`` on (endless)."""
+
+    def __init__(self, sampler: WindowSampler, batch_size: int, rank: int, world: int):
+        self.stream = WindowSampler(sampler.n_clips, sampler.seed, sampler.position)  # a copy: prefetching
+        self.batch_size, self.rank, self.world = batch_size, rank, world  # must not move the saved position
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        while True:
+            yield self.stream.take(self.batch_size * self.world)[self.rank :: self.world]
+
+
+class _Failure:
+    """A `FadaError` raised in a worker, carried to the main process as a value (one-line message kept)."""
+
+    def __init__(self, error: FadaError):
+        self.error = error
+
+
+class _CatchingDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset: WindowDataset):
+        self.dataset = dataset
+
+    def __getitem__(self, key):
+        try:
+            return self.dataset[key]
+        except FadaError as error:
+            return _Failure(error)
+
+
+def _collate(items: list) -> dict[str, torch.Tensor] | _Failure:
+    failures = [item for item in items if isinstance(item, _Failure)]
+    return failures[0] if failures else collate_items(items)
+
+
+def default_num_workers(device: torch.device) -> int:
+    """0 on the CPU (the training step already uses every core), else min(4, half the cores)."""
+    return 0 if device.type == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def window_batches(
+    dataset: WindowDataset,
+    sampler: WindowSampler,
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches of this process's B windows per micro-batch, from the sampler's position on.
+
+    Each micro-batch takes the next B·world keys of the stream and this process keeps every
+    world-th from ``rank`` (the shard of accelerate process ``rank``). Workers load whole batches in
+    order, so 0 and N workers give the same batches. The caller advances ``sampler`` by B·world
+    per micro-batch it consumes (the position a checkpoint saves); prefetching does not move it.
+    """
+    loader = torch.utils.data.DataLoader(
+        _CatchingDataset(dataset),
+        batch_sampler=_KeyBatches(sampler, batch_size, rank, world),
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers else None,
+    )
+    return _raising(loader)  # the loader (and its copy of the stream) exists now, not at the first next()
+
+
+def _raising(loader) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches; a worker's `FadaError` is raised here with its one-line message."""
+    for batch in loader:
+        if isinstance(batch, _Failure):
+            raise batch.error
+        yield batch

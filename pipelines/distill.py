@@ -1,8 +1,9 @@
 """PeRFlow distillation of a teacher into a few-step student (FADA, SPEC §4, Eqs. 2-10).
 
 One optimiser step: for each of ``grad_accum`` micro-batches, draw B clip windows (tier B, which
-holds tier A), encode them, and per sample draw t ∈ {1, 0.999, …, 0.001}, ε ~ N(0, I) and — in
-fast mode — CFG scales (cfg_a, cfg_r) from the configured ranges. With k = window_of(t):
+holds tier A), encode them (or read their cached latents), and per sample draw
+t ∈ {1, 0.999, …, 0.001}, ε ~ N(0, I) and — in fast mode — CFG scales (cfg_a, cfg_r) from the
+configured ranges. With k = window_of(t):
 
 1. z_s = √a_s·z_0 + √(1−a_s)·ε at the window start t_k (ᾱ index `boundary_index`);
 2. the frozen teacher solves the window with n DDIM steps (`schedulers.solve_window`, Eq. 2):
@@ -15,21 +16,20 @@ fast mode — CFG scales (cfg_a, cfg_r) from the configured ranges. With k = win
 4. R_i = L_gt,i / L_distill,i (detached), W_i per ``--gt-weight`` (Eqs. 7-8),
    L = mean_i(L_distill,i + W_i·L_gt,i).
 
-All of the math comes from `pipelines.fada_math` and `pipelines.schedulers`. The loop machinery
-(accelerate, exact resume, EMA, CSV + TensorBoard logs) is `pipelines.training`, shared with the
-teacher. Checkpoint: stage ``student``, mode ``fast`` | ``balanced``, with the teacher's hash.
+All of the math comes from `pipelines.fada_math` and `pipelines.schedulers`. The loop and its
+machinery (accelerate, exact resume, EMA, CSV + TensorBoard logs; `training.run_training_loop`)
+are `pipelines.training`, shared with the teacher. Checkpoint: stage ``student``, mode ``fast`` |
+``balanced``, with the teacher's hash.
 Logs in OUT: ``train_log.csv`` (per step), ``supervision.csv`` (per sample: t, k, scales, both
 losses, R, W), TensorBoard under ``tb/`` and ``ratio_histogram.png`` (R with the Rp and Rd lines).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import inspect
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,25 +38,26 @@ import torch
 
 from pipelines import fada_math
 from pipelines.checkpoint import checkpoint_hash, load_checkpoint_info
+from pipelines.data import batch_latents
 from pipelines.errors import UsageError
 from pipelines.manifest import manifest_hash
 from pipelines.model import FadaModel, build_student_from_teacher, sample_condition_dropout
 from pipelines.model_config import CFG_CONDITIONINGS, ModelConfig
-from pipelines.progress import log, make_progress
+from pipelines.progress import log
 from pipelines.schedulers import add_noise, sd15_alphas_cumprod, solve_window
 from pipelines.training import (
     TrainConfig,
     TrainingState,
     TrainLogs,
+    attach_latent_cache,
     check_out,
     make_ema,
     make_optimizer,
-    optimizer_step,
     restore_training_state,
     resumed_configs,
+    run_training_loop,
     save_training_checkpoint,
     set_up_loop,
-    step_seed,
 )
 
 STAGE = "student"
@@ -67,6 +68,7 @@ SAMPLES_FILE = "supervision.csv"
 SAMPLE_COLUMNS = ("step", "micro", "sample", "t", "window", "cfg_audio", "cfg_ref")
 SAMPLE_COLUMNS += ("loss_distill", "loss_gt", "ratio", "weight")
 HISTOGRAM_FILE = "ratio_histogram.png"
+SUMMARY_NAMES = ("loss", "loss_distill", "loss_gt", "ratio", "weight")  # step means: log row, progress, result
 _W_DEFAULTS = inspect.signature(fada_math.adaptive_weight).parameters  # Rp, Rd of Eq. 8 for the plot
 
 # --mixed-precision bf16|fp16: the frozen teacher is held in that dtype (it only runs forward, under
@@ -167,8 +169,7 @@ def distill(
     # 2.-3. accelerate (one process, or `accelerate launch` for several); the clips of the
     # distillation tiers, windows drawn by a resumable stream of keys
     setup = set_up_loop(out, info, manifest, student_config, config, device, quiet)
-    start_step, accelerator, device = setup.start_step, setup.accelerator, setup.device
-    rank, world, dataset, sampler = setup.rank, setup.world, setup.dataset, setup.sampler
+    accelerator, device = setup.accelerator, setup.device
 
     # 4. frozen teacher; student = teacher + zero-initialised CFG conditioning (or the saved student)
     teacher = FadaModel.from_checkpoint(teacher_path, expect_stage="teacher").to(device)
@@ -185,8 +186,9 @@ def distill(
     params = {name: p for name, p in student.named_parameters() if p.requires_grad}
     optimizer, lr_scheduler = make_optimizer(params, config)
     ema = make_ema(params, config.ema)
-    state = TrainingState(params, optimizer, lr_scheduler, ema, sampler)
+    state = TrainingState(params, optimizer, lr_scheduler, ema, setup.sampler)
     elapsed = restore_training_state(out, state) if info is not None else 0.0
+    attach_latent_cache(setup, config, teacher, quiet)  # the teacher's VAE: the latents the teacher trained on
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     state.optimizer, state.lr_scheduler = optimizer, lr_scheduler  # save through the prepared wrappers
     alphas_cumprod = sd15_alphas_cumprod(torch.float32).to(device)
@@ -197,69 +199,54 @@ def distill(
         "teacher": {"path": str(teacher_path), "hash": teacher_hash, "step": teacher_info.step},
     }
 
-    # 5. the loop
+    # 5. the loop (`training.run_training_loop`); distillation's own: its loss, per-sample log, R histogram
     tables = {LOG_FILE: LOG_COLUMNS, SAMPLES_FILE: SAMPLE_COLUMNS}
-    logs = TrainLogs(out, start_step, accelerator.is_main_process, tables, keep=(HISTOGRAM_FILE,))
-    last = {"loss": float("nan"), "loss_distill": float("nan"), "loss_gt": float("nan")}
-    began = time.perf_counter()
-    with make_progress(quiet or rank > 0) as progress:
-        task = progress.add_task(f"distilling {config.mode} student", total=config.steps, completed=start_step)
-        for step in range(start_step + 1, config.steps + 1):
-            records = []
-            for micro in range(config.grad_accum):
-                keys = sampler.take(config.batch_size * world)[rank::world]  # this process's B windows
-                batch = {k: v.to(device) for k, v in dataset.batch(keys).items()}
-                generator = torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank))
-                syncing = micro == config.grad_accum - 1
-                with contextlib.nullcontext() if syncing else accelerator.no_sync(student):
-                    with accelerator.autocast():
-                        loss, record = distill_loss(student, teacher, batch, alphas_cumprod, generator, config)
-                    accelerator.backward(loss / config.grad_accum)
-                records.append({"micro": micro, "loss": loss.detach().float(), **record})
-            lr = optimizer_step(accelerator, state, config)
-            last = _step_means(accelerator, records)
-            seconds = elapsed + time.perf_counter() - began
-            if step % config.log_every == 0 or step == config.steps:
-                if world > 1:  # every process's samples reach the per-sample log (a collective: all ranks call it)
-                    records = [{k: accelerator.gather(v) if torch.is_tensor(v) else v for k, v in r.items()}
-                               for r in records]  # fmt: skip
-                _write_logs(logs, step, records, last, lr, seconds)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save_training_checkpoint(
-                    accelerator,
-                    out,
-                    logs,
-                    state,
-                    accelerator.unwrap_model(student),
-                    seconds,
-                    stage=STAGE,
-                    mode=config.mode,
-                    config=config_record,
-                    step=step,
-                    manifest_hash=mhash,
-                    teacher_hash=teacher_hash,
-                    extra={"supervision_log": SAMPLES_FILE, "ratio_histogram": HISTOGRAM_FILE},
-                )
-                if accelerator.is_main_process:
-                    plot_ratio_histogram(out / SAMPLES_FILE, out / HISTOGRAM_FILE, config.gt_weight)
-            progress.update(task, advance=1, description=f"distilling {config.mode} · loss {last['loss']:.4f}")
-    logs.close()
-    seconds = time.perf_counter() - began
-    done = config.steps - start_step
+    logs = TrainLogs(out, setup.start_step, accelerator.is_main_process, tables, keep=(HISTOGRAM_FILE,))
+
+    def micro_loss(batch, generator):
+        return distill_loss(student, teacher, batch, alphas_cumprod, generator, config)
+
+    def write_log(step, records, means, lr, seconds):
+        if setup.world > 1:  # every process's samples reach the per-sample log (a collective: all ranks call it)
+            records = [{k: accelerator.gather(v) if torch.is_tensor(v) else v for k, v in r.items()} for r in records]
+        _write_logs(logs, step, records, means, lr, seconds)
+
+    def save(step, seconds):
+        save_training_checkpoint(
+            accelerator,
+            out,
+            logs,
+            state,
+            accelerator.unwrap_model(student),
+            seconds,
+            stage=STAGE,
+            mode=config.mode,
+            config=config_record,
+            step=step,
+            manifest_hash=mhash,
+            teacher_hash=teacher_hash,
+            extra={"supervision_log": SAMPLES_FILE, "ratio_histogram": HISTOGRAM_FILE},
+        )
+        if accelerator.is_main_process:
+            plot_ratio_histogram(out / SAMPLES_FILE, out / HISTOGRAM_FILE, config.gt_weight)
+
+    done = run_training_loop(setup, config, student, state, logs, elapsed, f"distilling {config.mode} student",
+                             micro_loss, write_log, save, SUMMARY_NAMES, quiet)  # fmt: skip
     if accelerator.is_main_process:
-        log(f"distilled {done} steps in {seconds:.1f} s ({done / seconds:.2f} steps/s); student {out}", quiet=quiet)
+        rate = f"{done.steps_done / done.seconds:.2f} steps/s"
+        log(f"distilled {done.steps_done} steps in {done.seconds:.1f} s ({rate}); student {out}", quiet=quiet)
     return DistillResult(
         checkpoint=out,
         mode=config.mode,
         steps=config.steps,
-        steps_this_run=done,
-        final_loss=last["loss"],
-        final_loss_distill=last["loss_distill"],
-        final_loss_gt=last["loss_gt"],
-        seconds=seconds,
-        steps_per_s=done / seconds if seconds > 0 else float("inf"),
-        processes=world,
-        dataset_clips=len(dataset),
+        steps_this_run=done.steps_done,
+        final_loss=done.means["loss"],
+        final_loss_distill=done.means["loss_distill"],
+        final_loss_gt=done.means["loss_gt"],
+        seconds=done.seconds,
+        steps_per_s=done.steps_done / done.seconds if done.seconds > 0 else float("inf"),
+        processes=setup.world,
+        dataset_clips=len(setup.dataset),
         teacher=str(teacher_path),
         teacher_hash=teacher_hash,
         is_main_process=accelerator.is_main_process,
@@ -270,10 +257,9 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
     """L_total of one micro-batch (Eqs. 2-8, SPEC §4) and its per-sample record (t, k, scales, losses, R, W)."""
     unwrapped = getattr(student, "module", student)
     K, fast = config.windows, config.mode == "fast"
-    with torch.no_grad():
-        z0 = teacher.encode_images(batch["frames"]).float()  # (B, F, C, h, w)
-        reference_latent = teacher.encode_images(batch["reference"])  # (B, C, h, w)
-        motion_latents = teacher.encode_images(batch["motion"])  # (B, M, C, h, w)
+    # (B, F, C, h, w), (B, C, h, w), (B, M, C, h, w): from the latent cache, or encoded by the teacher's VAE
+    z0, reference_latent, motion_latents = batch_latents(teacher.encode_images, batch)
+    z0 = z0.float()
     b, device = z0.shape[0], z0.device
 
     # 1. per sample: t, its window k, ε, CFG scales (fast) and condition dropout (balanced)
@@ -356,15 +342,6 @@ def _uniform(bounds: tuple[float, float], b: int, generator) -> torch.Tensor:
 
 def _dropout(config: ModelConfig) -> tuple[float, float]:
     return config.p_drop_audio, config.p_drop_both
-
-
-def _step_means(accelerator, records: list[dict]) -> dict[str, float]:
-    """Step means over the micro-batches (and processes) of the loss, L_distill, L_gt, R and W."""
-    means = {}
-    for name in ("loss", "loss_distill", "loss_gt", "ratio", "weight"):
-        value = torch.stack([r[name].float().mean() for r in records]).mean()
-        means[name] = float(accelerator.reduce(value, reduction="mean"))
-    return means
 
 
 def _write_logs(logs: TrainLogs, step: int, records: list[dict], means: dict, lr: float, seconds: float) -> None:

@@ -1,8 +1,9 @@
 """The teacher training loop (SPEC §3–5): ε-prediction DDPM loss on tier-A clips.
 
-One optimiser step: for each of ``grad_accum`` micro-batches, draw B clip windows
-(`pipelines.data`), encode them, draw t uniform in 0..999 and ε ~ N(0, I), form
-z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the SD1.5 schedule (`schedulers.add_noise`), drop conditions
+One optimiser step (the loop is `training.run_training_loop`): for each of ``grad_accum``
+micro-batches, draw B clip windows (`pipelines.data`), encode them (or read their cached
+latents), draw t uniform in 0..999 and ε ~ N(0, I), form z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the
+SD1.5 schedule (`schedulers.add_noise`), drop conditions
 (SPEC §3: audio alone with p_drop_audio, both with p_drop_both, from the model config) and
 regress the model's ε on the true ε (MSE); then clip gradients, step AdamW and the LR schedule,
 update the EMA.
@@ -51,19 +52,18 @@ TensorBoard events under ``OUT/tb/``; they are kept across checkpoint saves.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipelines.checkpoint import load_checkpoint_info
+from pipelines.data import batch_latents
 from pipelines.errors import UsageError
 from pipelines.manifest import manifest_hash
 from pipelines.model import FadaModel, sample_condition_dropout
 from pipelines.model_config import ModelConfig
-from pipelines.progress import log, make_progress
+from pipelines.progress import log
 from pipelines.schedulers import NUM_TRAIN_TIMESTEPS, add_noise, sd15_alphas_cumprod
 from pipelines.training import (
     MIXED_PRECISION,
@@ -71,12 +71,13 @@ from pipelines.training import (
     TrainConfig,
     TrainingState,
     TrainLogs,
+    attach_latent_cache,
     check_out,
     make_ema,
     make_optimizer,
-    optimizer_step,
     restore_training_state,
     resumed_configs,
+    run_training_loop,
     save_training_checkpoint,
     set_up_loop,
     step_seed,
@@ -186,7 +187,6 @@ class TrainResult:
     steps_per_s: float  # steps_this_run / seconds
     processes: int  # accelerate processes
     dataset_clips: int  # clips in the training set
-    dataset_mb: float  # memory held by the decoded clip cache (per process)
     is_main_process: bool  # False on the other processes of a multi-process run (they print nothing)
 
 
@@ -224,14 +224,13 @@ def train_teacher(
         model_config, train_config = resumed_configs(info, model_config, train_config, manifest)
     history = starting_history(info, init_from, train_config.stage)
 
-    # 2.-3. accelerate (one process, or `accelerate launch` for several); every clip decoded once,
-    # windows drawn by a resumable stream of keys (single frames in the image stage)
+    # 2.-3. accelerate (one process, or `accelerate launch` for several); clips decoded when a window
+    # of them is drawn, windows drawn by a resumable stream of keys (single frames in the image stage)
     frames = 1 if train_config.stage == "image" else None
     setup = set_up_loop(out, info, manifest, model_config, train_config, device, quiet, num_frames=frames)
-    start_step, accelerator, device = setup.start_step, setup.accelerator, setup.device
-    rank, world, dataset, sampler = setup.rank, setup.world, setup.dataset, setup.sampler
+    accelerator, device = setup.accelerator, setup.device
 
-    # 4. model, optimiser, LR schedule, EMA (restored exactly on --resume)
+    # 4. model, optimiser, LR schedule, EMA (restored exactly on --resume); the latent cache
     if info is not None:
         model = FadaModel.from_checkpoint(out, expect_stage=STAGE)
     elif init_from is not None:
@@ -252,10 +251,11 @@ def train_teacher(
     params = set_trainable(model, train_config.stage, train_config.video_trainable)
     optimizer, lr_scheduler = make_optimizer(params, train_config)
     ema = make_ema(params, train_config.ema)
-    state = TrainingState(params, optimizer, lr_scheduler, ema, sampler)
+    state = TrainingState(params, optimizer, lr_scheduler, ema, setup.sampler)
     elapsed = 0.0
     if info is not None:
         elapsed = restore_training_state(out, state)
+    attach_latent_cache(setup, train_config, model, quiet)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     state.optimizer, state.lr_scheduler = optimizer, lr_scheduler  # save through the prepared wrappers
     alphas_cumprod = sd15_alphas_cumprod(torch.float32).to(device)
@@ -265,60 +265,49 @@ def train_teacher(
     if started_from is not None:
         config_record["init_from"] = started_from  # provenance: the weights step 0 started from
 
-    # 5. the loop
-    logs = TrainLogs(out, start_step, accelerator.is_main_process, {LOG_FILE: LOG_COLUMNS})
-    loss_value, began = float("nan"), time.perf_counter()
-    with make_progress(quiet or rank > 0) as progress:
-        task_name = "training teacher" + ("" if train_config.stage == "joint" else f" ({train_config.stage} stage)")
-        task = progress.add_task(task_name, total=train_config.steps, completed=start_step)
-        for step in range(start_step + 1, train_config.steps + 1):
-            micro_losses = []
-            for micro in range(train_config.grad_accum):
-                keys = sampler.take(train_config.batch_size * world)[rank::world]  # this process's B windows
-                batch = {k: v.to(device) for k, v in dataset.batch(keys).items()}
-                generator = torch.Generator().manual_seed(step_seed(train_config.seed, step, micro, rank))
-                syncing = micro == train_config.grad_accum - 1
-                with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
-                    with accelerator.autocast():
-                        loss = teacher_loss(model, batch, alphas_cumprod, generator, model_config, train_config)
-                    accelerator.backward(loss / train_config.grad_accum)
-                micro_losses.append(loss.detach().float())
-            lr = optimizer_step(accelerator, state, train_config)
-            loss_value = float(accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean"))
-            seconds = elapsed + time.perf_counter() - began
-            if step % train_config.log_every == 0 or step == train_config.steps:
-                logs.write_rows(LOG_FILE, [[step, repr(loss_value), repr(lr), f"{seconds:.3f}"]])
-                logs.scalars(step, {"train/loss": loss_value, "train/lr": lr})
-            if step % train_config.checkpoint_every == 0 or step == train_config.steps:
-                save_training_checkpoint(
-                    accelerator,
-                    out,
-                    logs,
-                    state,
-                    accelerator.unwrap_model(model),
-                    seconds,
-                    stage=STAGE,
-                    mode=MODE,
-                    config=config_record | {"stages": [*history, {"stage": train_config.stage, "steps": step}]},
-                    step=step,
-                    manifest_hash=mhash,
-                )
-            progress.update(task, advance=1, description=f"{task_name} · loss {loss_value:.4f}")
-    logs.close()
-    seconds = time.perf_counter() - began
-    done = train_config.steps - start_step
+    # 5. the loop (`training.run_training_loop`): what is the teacher's own is its loss, log row and checkpoint
+    logs = TrainLogs(out, setup.start_step, accelerator.is_main_process, {LOG_FILE: LOG_COLUMNS})
+
+    def micro_loss(batch, generator):
+        return teacher_loss(model, batch, alphas_cumprod, generator, model_config, train_config), {}
+
+    def write_log(step, records, means, lr, seconds):
+        logs.write_rows(LOG_FILE, [[step, repr(means["loss"]), repr(lr), f"{seconds:.3f}"]])
+        logs.scalars(step, {"train/loss": means["loss"], "train/lr": lr})
+
+    def save(step, seconds):
+        save_training_checkpoint(
+            accelerator,
+            out,
+            logs,
+            state,
+            accelerator.unwrap_model(model),
+            seconds,
+            stage=STAGE,
+            mode=MODE,
+            config=config_record | {"stages": [*history, {"stage": train_config.stage, "steps": step}]},
+            step=step,
+            manifest_hash=mhash,
+        )
+
+    task_name = "training teacher" + ("" if train_config.stage == "joint" else f" ({train_config.stage} stage)")
+    done = run_training_loop(setup, train_config, model, state, logs, elapsed, task_name, micro_loss, write_log,
+                             save, quiet=quiet)  # fmt: skip
     if accelerator.is_main_process:
-        log(f"trained {done} steps in {seconds:.1f} s ({done / seconds:.2f} steps/s); checkpoint {out}", quiet=quiet)
+        log(
+            f"trained {done.steps_done} steps in {done.seconds:.1f} s ({done.steps_done / done.seconds:.2f} steps/s); "
+            f"checkpoint {out}",
+            quiet=quiet,
+        )
     return TrainResult(
         checkpoint=out,
         steps=train_config.steps,
-        steps_this_run=done,
-        final_loss=loss_value,
-        seconds=seconds,
-        steps_per_s=done / seconds if seconds > 0 else float("inf"),
-        processes=world,
-        dataset_clips=len(dataset),
-        dataset_mb=dataset.memory_bytes / 2**20,
+        steps_this_run=done.steps_done,
+        final_loss=done.means["loss"],
+        seconds=done.seconds,
+        steps_per_s=done.steps_done / done.seconds if done.seconds > 0 else float("inf"),
+        processes=setup.world,
+        dataset_clips=len(setup.dataset),
         is_main_process=accelerator.is_main_process,
     )
 
@@ -335,10 +324,8 @@ def teacher_loss(
     """
     unwrapped = getattr(model, "module", model)
     image_stage = train_config.stage == "image"
-    with torch.no_grad():
-        z0 = unwrapped.encode_images(batch["frames"])  # (B, F, C, h, w)
-        reference_latent = unwrapped.encode_images(batch["reference"])  # (B, C, h, w)
-        motion_latents = None if image_stage else unwrapped.encode_images(batch["motion"])  # (B, M, C, h, w)
+    # (B, F, C, h, w), (B, C, h, w), (B, M, C, h, w) or None: from the latent cache, or encoded here
+    z0, reference_latent, motion_latents = batch_latents(unwrapped.encode_images, batch, motion=not image_stage)
     b, device = z0.shape[0], z0.device
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=generator).to(device)  # (B,)
     eps = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(device)  # (B, F, C, h, w)

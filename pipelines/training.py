@@ -1,10 +1,12 @@
 """Training-loop machinery shared by `train_teacher` and `distill`.
 
 What both loops need and neither should copy: the ``TrainConfig`` base (optimiser, schedule,
-checkpointing and logging fields), the `accelerate` set-up, per-step seeds, the EMA, CSV +
-TensorBoard logs that survive checkpoint saves, and checkpoints that carry the full training
-state (optimizer, LR schedule, RNG, data-stream position, EMA, raw weights) so that ``--resume``
-replays the uninterrupted run exactly.
+checkpointing, logging and data-loading fields), the `accelerate` set-up, the streamed window
+data (`pipelines.data`, with the optional latent cache of `pipelines.latent_cache`), per-step
+seeds, the EMA, CSV + TensorBoard logs that survive checkpoint saves, checkpoints that carry the
+full training state (optimizer, LR schedule, RNG, data-stream position, EMA, raw weights) so that
+``--resume`` replays the uninterrupted run exactly — and the loop itself (`run_training_loop`):
+each stage gives it only its per-micro-batch loss and its log and checkpoint writers.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import dataclasses
 import functools
 import math
 import shutil
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,17 +29,19 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from pipelines import checkpoint as ckpt
-from pipelines.data import ClipDataset, WindowSampler
+from pipelines.data import WindowDataset, WindowSampler, default_num_workers, window_batches
 from pipelines.devices import bf16_supported, enable_tf32
 from pipelines.errors import CheckpointError, DeviceError, UsageError
 from pipelines.manifest import manifest_hash
 from pipelines.model_config import ModelConfig
+from pipelines.progress import make_progress
 
 MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 TB_DIR = "tb"
-# TrainConfig fields --resume may change: the run length and bookkeeping, and gradient checkpointing
+# TrainConfig fields --resume may change: the run length and bookkeeping, gradient checkpointing
 # (it recomputes activations in the backward pass; the maths, and so the resumed run, stay the same)
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "gradient_checkpointing"}
+# and how the data is loaded (workers, latent cache: the same windows either way)
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "gradient_checkpointing", "num_workers", "latent_cache"}
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
 
@@ -61,6 +66,8 @@ class TrainConfig:
     lr_min_ratio: float = 0.0  # cosine: the final learning rate as a fraction of lr
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
     optimizer: str = "adamw"  # adamw (torch) | adamw8bit (bitsandbytes; 8-bit moments, about 1/4 the state)
+    num_workers: int | None = None  # DataLoader worker processes per process; None: 0 on the CPU, else up to 4
+    latent_cache: str | None = None  # folder of the latent cache (`pipelines.latent_cache`); None: decode clips
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum}
@@ -82,6 +89,8 @@ class TrainConfig:
             raise UsageError(f"lr_min_ratio {self.lr_min_ratio} is not valid; use a fraction in [0, 1].")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps {self.warmup_steps!r} is not valid; use a whole number >= 0.")
+        if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise UsageError(f"--num-workers {self.num_workers!r} is not valid; use a whole number >= 0.")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer {self.optimizer!r} is not valid; use {' or '.join(OPTIMIZERS)}.")
 
@@ -419,7 +428,7 @@ class LoopSetup:
     device: torch.device  # the accelerator's device for this process
     rank: int  # this process's index
     world: int  # number of processes
-    dataset: ClipDataset  # the manifest's clips of the configured tiers, decoded once
+    dataset: WindowDataset  # the manifest's clips of the configured tiers, decoded when drawn
     sampler: WindowSampler  # resumable stream of window keys
 
 
@@ -434,6 +443,93 @@ def set_up_loop(out: Path, info, manifest: Path, model_config: ModelConfig, conf
         raise UsageError(f"{out} is already at step {start_step} >= --steps {config.steps}; pass more --steps.")
     accelerator = make_accelerator(device, config)
     rank, world = accelerator.process_index, accelerator.num_processes
-    dataset = ClipDataset(manifest, model_config, config.tiers, num_frames=num_frames, quiet=quiet or rank > 0)
+    dataset = WindowDataset(manifest, model_config, config.tiers, num_frames=num_frames)
     return LoopSetup(start_step, accelerator, accelerator.device, rank, world, dataset,
                      WindowSampler(len(dataset), config.seed))  # fmt: skip
+
+
+def attach_latent_cache(setup: LoopSetup, config: TrainConfig, model, quiet: bool) -> None:
+    """With ``config.latent_cache``: open (or start) the cache for this manifest and ``model``'s codec
+    and audio encoder, encode the clips it lacks (each process its share, on its device) and let the
+    dataset read its windows from it. ``model``: the `FadaModel` whose VAE encodes (the teacher's in
+    distillation)."""
+    if config.latent_cache is None:
+        return
+    from pipelines.latent_cache import cache_key, fill_cache, open_cache
+
+    dataset, accelerator = setup.dataset, setup.accelerator
+    key = cache_key(dataset.manifest, dataset.config, model.vae)
+    if accelerator.is_main_process:
+        open_cache(config.latent_cache, key, create=True)
+    accelerator.wait_for_everyone()
+    cache = open_cache(config.latent_cache, key, create=False)
+    fill_cache(cache, dataset, model.encode_images, setup.device, setup.rank, setup.world, quiet or setup.rank > 0)
+    accelerator.wait_for_everyone()
+    dataset.cache = cache
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    means: dict[str, float]  # the last step's means over micro-batches and processes (at least "loss")
+    seconds: float  # wall time of this call's loop
+    steps_done: int  # optimiser steps done by this call
+
+
+def run_training_loop(
+    setup: LoopSetup,
+    config: TrainConfig,
+    model: torch.nn.Module,
+    state: TrainingState,
+    logs: TrainLogs,
+    elapsed: float,
+    task_name: str,
+    micro_loss: Callable[[dict, torch.Generator], tuple[torch.Tensor, dict]],
+    write_log: Callable[[int, list[dict], dict, float, float], None],
+    save: Callable[[int, float], None],
+    summary_names: Sequence[str] = ("loss",),
+    quiet: bool = False,
+) -> LoopResult:
+    """The optimiser steps from ``setup.start_step`` + 1 to ``config.steps``, shared by every stage.
+
+    Per step, for each of ``grad_accum`` micro-batches: this process's B windows (`window_batches`,
+    DataLoader workers), a generator seeded by (seed, step, micro, process), ``micro_loss(batch,
+    generator)`` → (loss, record of per-sample tensors) under autocast, backward (gradients synced
+    on the last micro-batch only); then `optimizer_step`. ``summary_names``: record entries (and
+    ``loss``) averaged over micro-batches and processes every step. Every ``log_every`` steps
+    ``write_log(step, records, means, lr, seconds)`` (a collective in multi-process runs: every
+    process calls it); every ``checkpoint_every`` steps and at the end ``save(step, seconds)``.
+    ``seconds`` counts the training time of earlier runs (``elapsed``) too.
+    """
+    accelerator, device, rank, world = setup.accelerator, setup.device, setup.rank, setup.world
+    workers = config.num_workers if config.num_workers is not None else default_num_workers(device)
+    batches = window_batches(setup.dataset, state.sampler, config.batch_size, rank, world, workers,
+                             pin_memory=device.type == "cuda")  # fmt: skip
+    means, began = {name: float("nan") for name in summary_names}, time.perf_counter()
+    with make_progress(quiet or rank > 0) as progress:
+        task = progress.add_task(task_name, total=config.steps, completed=setup.start_step)
+        for step in range(setup.start_step + 1, config.steps + 1):
+            records = []
+            for micro in range(config.grad_accum):
+                state.sampler.take(config.batch_size * world)  # the stream position a checkpoint saves
+                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                generator = torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank))
+                syncing = micro == config.grad_accum - 1
+                with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
+                    with accelerator.autocast():
+                        loss, record = micro_loss(batch, generator)
+                    accelerator.backward(loss / config.grad_accum)
+                records.append({"micro": micro, "loss": loss.detach().float(), **record})
+            lr = optimizer_step(accelerator, state, config)
+            means = {
+                name: float(accelerator.reduce(torch.stack([r[name].float().mean() for r in records]).mean(), "mean"))
+                for name in summary_names
+            }
+            seconds = elapsed + time.perf_counter() - began
+            if step % config.log_every == 0 or step == config.steps:
+                write_log(step, records, means, lr, seconds)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save(step, seconds)
+            progress.update(task, advance=1, description=f"{task_name} · loss {means['loss']:.4f}")
+    batches.close()  # stops the DataLoader workers
+    logs.close()
+    return LoopResult(means, time.perf_counter() - began, config.steps - setup.start_step)

@@ -179,13 +179,12 @@ FACTORIES = {
 # ``device=`` (or build from a tensor's ``new_*``/``*_like``), or be added here with its reason.
 CPU_ON_PURPOSE = {
     # seeded draws on a CPU generator, moved with .to(device) right after: the same numbers on every device
-    ("pipelines/distill.py", "distill", "Generator"): "per-step CPU generator for the draws below",
+    ("pipelines/training.py", "run_training_loop", "Generator"): "per-step CPU generator for the losses' draws",
     ("pipelines/distill.py", "distill_loss", "randint"): "t drawn on the CPU, then .to(device, exact dtype)",
     ("pipelines/distill.py", "distill_loss", "randn"): "ε drawn on the CPU, then .to(device)",
     ("pipelines/distill.py", "distill_loss", "zeros"): "no dropout in fast mode; .to(device) below",
     ("pipelines/distill.py", "_uniform", "rand"): "CFG scales drawn on the CPU; distill_loss moves them",
     ("pipelines/model.py", "sample_condition_dropout", "rand"): "drawn on the CPU generator, then .to(device)",
-    ("pipelines/train_teacher.py", "train_teacher", "Generator"): "per-step CPU generator",
     ("pipelines/train_teacher.py", "teacher_loss", "randint"): "t on the CPU generator, then .to(device)",
     ("pipelines/train_teacher.py", "teacher_loss", "randn"): "ε on the CPU generator, then .to(device)",
     ("pipelines/generate.py", "generate", "Generator"): "seeded CPU generator: the same video on every device",
@@ -213,7 +212,8 @@ CPU_ON_PURPOSE = {
     ("pipelines/audio.py", "AudioFeatureWindows.__call__", "arange"): "frame index, moved to the features' device",
     ("pipelines/audio.py", "Wav2Vec2Encoder.frame_features_window", "arange"): "resampling positions, moved",
     # data on the CPU: batches are moved to the device by the training loops
-    ("pipelines/data.py", "ClipDataset._decode", "from_numpy"): "decoded video frames",
+    ("pipelines/data.py", "WindowDataset.decode", "from_numpy"): "decoded video frames and audio, on the CPU",
+    ("pipelines/data.py", "window_features", "from_numpy"): "frame index into CPU (or cached) features",
     ("pipelines/checkpoint.py", "pack_state.encode", "from_numpy"): "saved to safetensors from the CPU",
     # metric extractors: `Extractor._forward` moves its inputs to the extractor's device
     ("pipelines/metrics/extractors.py", "_inception_input", "from_numpy"): "moved by _forward",

@@ -205,3 +205,17 @@ def test_bf16_distillation_holds_the_frozen_teacher_in_bf16(teacher, manifest, t
     assert seen == [(torch.bfloat16, torch.float32)]  # frozen teacher in bf16, trained student in fp32
     assert math.isfinite(float(rows(out / "train_log.csv")[0]["loss"]))
     assert {v.dtype for v in weights(out).values()} == {torch.float32}
+def test_latent_cache_and_workers_give_the_same_losses(teacher, manifest, tmp_path):
+    """Windows read from the latent cache (filled by this run), loaded by a DataLoader worker, give the
+    losses of windows decoded in the training process."""
+    plain, cached, cache = tmp_path / "plain", tmp_path / "cached", tmp_path / "cache"
+    assert distill(teacher, manifest, plain, "--steps", "1").exit_code == 0
+    result = distill(teacher, manifest, cached, "--steps", "1", "--cache-latents", str(cache), "--num-workers", "1")
+    assert result.exit_code == 0, result.output
+    assert len(list((cache / "clips").glob("*.safetensors"))) == 3
+    for name in ("train_log.csv", "supervision.csv"):
+        drop = {"seconds"}
+        expected = [{k: v for k, v in r.items() if k not in drop} for r in rows(plain / name)]
+        assert [{k: v for k, v in r.items() if k not in drop} for r in rows(cached / name)] == expected
+    train = load_checkpoint_info(cached, expect_stage="student").config["train"]
+    assert train["latent_cache"] == str(cache) and train["num_workers"] == 1

@@ -93,6 +93,24 @@ def test_resume_equals_uninterrupted(manifest, straight_run, tmp_path):
     assert summary["final_loss"] == float(log_rows(straight_run)[-1]["loss"])
 
 
+def test_latent_cache_and_workers_replay_the_uninterrupted_run(manifest, straight_run, tmp_path):
+    """A run that fills the latent cache, resumed with DataLoader workers reading it (the cache folder
+    kept from the checkpoint), has the losses of the plain run; the cache is written once."""
+    out, cache = tmp_path / "cached", tmp_path / "cache"
+    base = ["train-teacher", "--manifest", str(manifest), "--out", str(out)]
+    first = runner.invoke(app, [*base, *TINY, "--steps", "1", "--cache-latents", str(cache)])
+    assert first.exit_code == 0, first.output
+    files = sorted((cache / "clips").glob("*.safetensors"))
+    assert len(files) == 3 and (cache / "cache.json").is_file()
+    written = [f.stat().st_mtime_ns for f in files]
+    resumed = runner.invoke(app, [*base, "--resume", "--steps", "2", "--num-workers", "2", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["loss"] for r in log_rows(out)] == [r["loss"] for r in log_rows(straight_run)]
+    assert [f.stat().st_mtime_ns for f in sorted((cache / "clips").glob("*.safetensors"))] == written
+    train = load_checkpoint_info(out, expect_stage="teacher").config["train"]
+    assert train["latent_cache"] == str(cache) and train["num_workers"] == 2
+
+
 @pytest.mark.slow
 def test_two_process_accelerate_run(manifest, tmp_path):
     out = tmp_path / "ddp"
@@ -130,14 +148,20 @@ def test_manifest_missing_a_column(manifest, tmp_path):
     assert "missing column 'tier'" in lines[0] and "fada curate" in lines[0]
 
 
-def test_unreadable_clip(manifest, tmp_path):
+@pytest.mark.parametrize("loading", ["in-process", "worker", "cache"])
+def test_unreadable_clip(manifest, tmp_path, loading):
+    """A clip is decoded when a window of it is drawn (a batch of 3 draws every clip), in a DataLoader
+    worker or while the latent cache is filled: the error is one line naming the clip either way."""
     df = read_manifest(manifest)
     (manifest.parent / "clips" / "broken.mp4").write_bytes(b"not a video at all")
     df.loc[1, "video_path"] = "clips/broken.mp4"
     bad = manifest.parent / "broken.parquet"
     write_manifest(df, bad, "test")
-    result, lines = run_cli("--manifest", str(bad), "--out", str(tmp_path / "o"))
-    assert result.exit_code == 1 and len(lines) == 1
+    extra = {"in-process": [], "worker": ["--num-workers", "1"], "cache": ["--cache-latents", str(tmp_path / "c")]}
+    args = ["train-teacher", "--manifest", str(bad), "--out", str(tmp_path / "o"), *TINY, "--steps", "1"]
+    result = runner.invoke(app, [*args, "--batch-size", "3", *extra[loading]])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
     assert df.loc[1, "clip_id"] in lines[0] and "broken.mp4" in lines[0]
 
 
