@@ -223,6 +223,7 @@ CPU_ON_PURPOSE = {
     ("pipelines/metrics/extractors.py", "load_torchscript", "zeros"): "probe input, moved by _forward",
     # curation scorers load their networks on the CPU (map_location="cpu", device="cpu")
     ("filters/quality.py", "pyiqa_score", "from_numpy"): "pyiqa metric created on the CPU",
+    ("filters/quality.py", "full_reference", "from_numpy"): "pyiqa PSNR/SSIM metrics created on the CPU",
     ("filters/sync.py", "syncnet_scores", "from_numpy"): "SyncNet loaded on the CPU",
 }
 
