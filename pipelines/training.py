@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs
 
 from pipelines import checkpoint as ckpt
@@ -116,6 +117,10 @@ def make_accelerator(device: torch.device, config: TrainConfig) -> Accelerator:
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # accelerate's single-process device is the current CUDA device
     enable_tf32(device)  # fp32 matmuls (the --mixed-precision no path, fp32 parts under autocast) on TF32 cores
+    # accelerate keeps one process-wide state, and a second Accelerator with another mixed precision
+    # raises; a run in the same Python process (fada demo, FadaPipeline users, tests) starts afresh.
+    # The distributed part (PartialState: ranks, devices) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision=config.mixed_precision,

@@ -205,6 +205,8 @@ def test_bf16_distillation_holds_the_frozen_teacher_in_bf16(teacher, manifest, t
     assert seen == [(torch.bfloat16, torch.float32)]  # frozen teacher in bf16, trained student in fp32
     assert math.isfinite(float(rows(out / "train_log.csv")[0]["loss"]))
     assert {v.dtype for v in weights(out).values()} == {torch.float32}
+
+
 def test_latent_cache_and_workers_give_the_same_losses(teacher, manifest, tmp_path):
     """Windows read from the latent cache (filled by this run), loaded by a DataLoader worker, give the
     losses of windows decoded in the training process."""

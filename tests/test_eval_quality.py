@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -67,20 +69,18 @@ def test_full_reference_of_a_video_against_itself_and_a_noisy_copy(talking_clip)
     assert quality.full_reference(frames, larger, ("psnr",))["psnr"] > 25
 
 
-def test_lpips_unavailable_without_its_weight_files(tmp_path):
-    saved = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path))
-    try:
-        problem = quality.lpips_weights_problem()
-        assert problem is not None and quality.LPIPS_FILES[0] in problem and "not found" in problem
-        (tmp_path / "pyiqa").mkdir()
-        (tmp_path / "checkpoints").mkdir()
-        (tmp_path / "pyiqa" / quality.LPIPS_FILES[0]).write_bytes(b"")
-        assert quality.LPIPS_FILES[1] in quality.lpips_weights_problem()
-        (tmp_path / "checkpoints" / quality.LPIPS_FILES[1]).write_bytes(b"")
-        assert quality.lpips_weights_problem() is None
-    finally:
-        torch.hub.set_dir(saved)
+def test_lpips_unavailable_without_its_weight_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch.hub.get_dir() = $TORCH_HOME/hub (never set_dir:
+    hub = tmp_path / "hub"  # it would pin the hub folder for every later test)
+    assert Path(torch.hub.get_dir()) == hub
+    problem = quality.lpips_weights_problem()
+    assert problem is not None and quality.LPIPS_FILES[0] in problem and "not found" in problem
+    (hub / "pyiqa").mkdir(parents=True)
+    (hub / "checkpoints").mkdir()
+    (hub / "pyiqa" / quality.LPIPS_FILES[0]).write_bytes(b"")
+    assert quality.LPIPS_FILES[1] in quality.lpips_weights_problem()
+    (hub / "checkpoints" / quality.LPIPS_FILES[1]).write_bytes(b"")
+    assert quality.lpips_weights_problem() is None
 
 
 # ---------------------------------------------------------------------------------------------
