@@ -3,7 +3,7 @@
 Person pixels come from mediapipe selfie segmentation (`faces.person_mask`) of the first frame
 of each analysed pair, widened by ``MASK_GROW`` pixels so that the person's move to the next
 frame (a pixel or two at 25 fps) stays inside it; the rest is background. One mask per pair and
-a pair every ``FRAME_STEP`` frames keep segmentation to a quarter of the frames. On the
+a pair every ``FRAME_STEP`` frames keep segmentation to an eighth of the frames. On the
 background pixels, with Δ = grey(t+1) − grey(t):
 
 - ``bg_instability``: mean |Δ| / 255 (flicker, camera shake, moving things, noise);
@@ -21,7 +21,7 @@ from pipelines import faces
 
 NAME = "background"
 COLUMNS = ("bg_instability", "bg_noise")
-FRAME_STEP = 4  # analyse the pair (t, t + 1) for every n-th t
+FRAME_STEP = 8  # analyse the pair (t, t + 1) for every n-th t
 MASK_GROW = 2  # pixels the person mask is widened by (motion between the two frames)
 PERSON_THRESHOLD = 0.3  # mask probability above which a pixel counts as the person
 MIN_BACKGROUND = 0.02  # fewest background pixels (fraction of the frame) for a valid pair

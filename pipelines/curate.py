@@ -360,6 +360,7 @@ def failed_row(source: Path, reason: str) -> dict:
 def write_part(rows: list[dict], out_dir: Path, source: Path, metadata: dict) -> Path:
     """Write one finished source's rows as ``DIR/manifest.parts/KEY-RANDOM.parquet`` (atomic)."""
     path = out_dir / PARTS_FOLDER / f"{source_key(source)}-{uuid.uuid4().hex[:8]}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_manifest(pd.DataFrame(rows), path, "fada curate", metadata)
     return path
 
