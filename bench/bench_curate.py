@@ -69,7 +69,8 @@ def main() -> None:
         before = os.times()
         summary = run_curate([data / "clips"], Path(tmp) / "curated", config, quiet=True)
         after = os.times()
-        cpu = sum(getattr(after, k) - getattr(before, k) for k in ("user", "system", "children_user", "children_system"))
+        kinds = ("user", "system", "children_user", "children_system")
+        cpu = sum(getattr(after, k) - getattr(before, k) for k in kinds)
         manifest = pd.read_parquet(summary.manifest)
         figures = agreement(manifest, pd.read_parquet(data / "truth.parquet"))
     result = {

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
 import time
 import uuid
@@ -42,13 +41,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy.ndimage import gaussian_filter1d
 
 from filters import background, face, motion, quality, sync
 from filters.base import ScoringSettings, analyse_clip
 from filters.tiers import Thresholds, assign_tier, write_thresholds
 from pipelines import faces, media
-from pipelines.errors import FadaError, UsageError
+from pipelines.errors import FadaError, ManifestError, UsageError
 from pipelines.manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 from pipelines.progress import make_progress
 
@@ -381,10 +382,23 @@ def curate_source(source: Path, out_dir: Path, config: CurateConfig, done: froze
     return rows
 
 
-def read_parts(out_dir: Path) -> list[pd.DataFrame]:
+def part_paths(out_dir: Path) -> list[Path]:
     """The Parquet parts a run (maybe a killed one) left in ``DIR/manifest.parts``."""
     folder = out_dir / PARTS_FOLDER
-    return [read_manifest(p) for p in sorted(folder.glob("*.parquet"))] if folder.is_dir() else []
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def read_parts(out_dir: Path) -> pd.DataFrame | None:
+    """All parts as one frame (None when there are none); validated when merged by `write_manifest`."""
+    paths = part_paths(out_dir)
+    if not paths:
+        return None
+    try:  # one Arrow concatenation: a part without score columns (a rejected source) gets nulls there
+        table = pa.concat_tables([pq.read_table(p) for p in paths], promote_options="permissive")
+    except (pa.ArrowInvalid, OSError) as exc:
+        folder = out_dir / PARTS_FOLDER
+        raise ManifestError(f"cannot read the parts in {folder} ({exc}); delete the broken one.") from exc
+    return table.to_pandas()
 
 
 def merge_parts(out_dir: Path, metadata: dict) -> Path:
@@ -394,19 +408,18 @@ def merge_parts(out_dir: Path, metadata: dict) -> Path:
     every row. A clip id present twice (a part merged but not yet deleted) keeps its newest row.
     """
     manifest_path = out_dir / MANIFEST_NAME
-    frames = ([read_manifest(manifest_path)] if manifest_path.exists() else []) + read_parts(out_dir)
-    frames = [f for f in frames if len(f)]
+    paths = part_paths(out_dir)
+    frames = [read_manifest(manifest_path)] if manifest_path.exists() else []
+    frames = [f for f in [*frames, read_parts(out_dir)] if f is not None and len(f)]
     if frames:
         merged = pd.concat(frames, ignore_index=True).drop_duplicates("clip_id", keep="last")
         merged = merged.sort_values("clip_id", kind="stable").reset_index(drop=True)
     else:
         merged = pd.DataFrame(columns=list(REQUIRED_COLUMNS))
     write_manifest(merged, manifest_path, "fada curate", metadata)
-    folder = out_dir / PARTS_FOLDER
-    if folder.is_dir():
-        for part in folder.glob("*.parquet"):
-            os.unlink(part)
-        shutil.rmtree(folder, ignore_errors=True)  # only leftover temporary files remain
+    for part in paths:
+        part.unlink()
+    shutil.rmtree(out_dir / PARTS_FOLDER, ignore_errors=True)  # only temporary files of killed writes remain
     return manifest_path
 
 
@@ -519,7 +532,8 @@ def run_curate(inputs: list[Path], out_dir: Path, config: CurateConfig, resume: 
     parts_folder.mkdir(exist_ok=True)
     write_thresholds(config.thresholds, out_dir / THRESHOLDS_NAME)
     # 2. rows already done (resume): the manifest and the parts of an interrupted run
-    earlier = ([read_manifest(manifest_path)] if manifest_path.exists() else []) + read_parts(out_dir)
+    earlier = [read_manifest(manifest_path)] if manifest_path.exists() else []
+    earlier = [f for f in [*earlier, read_parts(out_dir)] if f is not None]
     done = done_by_source(frozenset(i for frame in earlier for i in frame["clip_id"]))
     # 3. score sources; each finished source writes its own part
     metadata = run_metadata(config)

@@ -77,4 +77,3 @@ def iter_ray(sources: list[Path], out_dir: Path, config: CurateConfig, done: dic
     finally:
         if started_here:
             ray.shutdown()
-
