@@ -10,7 +10,7 @@ Per source video (the unit of work of one worker process):
    already-cropped clip (one face filling the frame) through at its own resolution;
 5. write the clip mp4, run the shared face analysis once and every scorer in `filters/`, tier it.
 
-A source shorter than ``DECODE_ONCE_SECONDS`` is decoded once for its cuts and its clips. An
+A source whose frames fit in ``DECODE_ONCE_BYTES`` is decoded once for its cuts and its clips. An
 error on a source (or a worker that dies on it) becomes one rejected row naming it.
 
 Each finished source's rows go to their own Parquet part, ``DIR/manifest.parts/*.parquet``
@@ -61,7 +61,7 @@ MANIFEST_NAME = "manifest.parquet"
 THRESHOLDS_NAME = "thresholds.yaml"  # the thresholds used, written next to the manifest
 PARTS_FOLDER = "manifest.parts"  # one Parquet part per finished source until the final merge
 ENGINES = ("local", "ray")  # where sources run: this machine's processes, or Ray tasks
-DECODE_ONCE_SECONDS = 60.0  # sources up to this long are decoded once (cuts and clips); longer ones stream
+DECODE_ONCE_BYTES = 256 * 2**20  # sources whose RGB frames fit this are decoded once (cuts and clips); others stream
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ def process_source(source: Path, out_dir: Path, config: CurateConfig, done: froz
         if not info.has_audio:
             return [] if f"{key}-src" in done else [rejected_row(f"{key}-src", source, "no audio track")]
         decoded = None
-        if info.duration_s <= DECODE_ONCE_SECONDS:
+        if info.n_frames * info.width * info.height * 3 <= DECODE_ONCE_BYTES:
             decoded = media.read_video(source)  # ((T, H, W, 3), fps): cuts and clips from one decode
             cuts = cuts_in_frames(decoded[0], config)
         else:
