@@ -371,12 +371,16 @@ def curate_source(source: Path, out_dir: Path, config: CurateConfig, done: froze
     """Every new row of one source, written as its Parquet part before returning; the engines' task.
 
     Any error inside becomes the source's rejected row with the error as its reason, so one bad
-    video never stops a run over many thousands (the broad except below is that boundary).
+    video never stops a run over many thousands (the broad except below is that boundary). Rows
+    are only ever written for a whole source, so a source with any finished clip id is finished:
+    on resume it is skipped without being opened.
     """
+    if done:
+        return []
     try:
         rows = process_source(source, out_dir, config, done)
     except Exception as exc:  # the boundary: every failure of one source is recorded as its row, none is silent
-        rows = [] if f"{source_key(source)}-src" in done else [failed_row(source, f"{type(exc).__name__}: {exc}")]
+        rows = [failed_row(source, f"{type(exc).__name__}: {exc}")]
     if rows:
         write_part(rows, out_dir, source, metadata)
     return rows
@@ -452,12 +456,23 @@ def iter_local(sources: list[Path], out_dir: Path, config: CurateConfig, done: d
 
 def iter_source_rows(sources: list[Path], out_dir: Path, config: CurateConfig, done: dict[str, frozenset[str]],
                      metadata: dict) -> Iterator[tuple[Path, list[dict]]]:  # fmt: skip
-    """Yield (source, rows) as sources finish, on the engine ``config.engine`` names."""
+    """Yield (source, rows) as sources finish, on the engine ``config.engine`` names.
+
+    Sources with a finished clip id were finished whole (see `curate_source`) and are yielded
+    with no rows at once, without a task.
+    """
+    todo = []
+    for source in sources:
+        if done.get(source_key(source)):
+            yield source, []
+        else:
+            todo.append(source)
     if config.engine == "ray":
         from pipelines.curate_ray import iter_ray
 
-        return iter_ray(sources, out_dir, config, done, metadata)
-    return iter_local(sources, out_dir, config, done, metadata)
+        yield from iter_ray(todo, out_dir, config, done, metadata)
+    else:
+        yield from iter_local(todo, out_dir, config, done, metadata)
 
 
 def run_metadata(config: CurateConfig) -> dict:
