@@ -1,11 +1,13 @@
 """Benchmark `fada curate` on the demo dataset: throughput and agreement with the ground truth.
 
-    python bench/bench_curate.py [--clips 24] [--size 128] [--seconds 3] [--workers 1]
+    python bench/bench_curate.py [--clips 24] [--size 128] [--seconds 3] [--workers 1] [--name curate]
 
 Generates the demo dataset in a temporary folder (or uses --data DIR from `fada demo-data`),
-curates it, and writes bench/results/curate.json and curate.md:
+curates it, and writes bench/results/NAME.json and NAME.md (NAME defaults to ``curate``):
 
-- throughput: seconds of video scored per wall-clock second, and per worker;
+- throughput: seconds of video scored per wall-clock second, and per worker; with one worker
+  also per CPU second of this process (`os.times`, children included), the figure to compare
+  on a machine shared with other jobs;
 - sync proxy: share of clips with true |offset| ≤ 8 whose proxy offset is within ±1 frame;
 - Spearman of motion_head vs the true motion level, of sharpness vs −blur;
 - tier A: share of clean clips in A, share of defective clips in A.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--name", default="curate", help="stem of the result files in bench/results/")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -62,7 +66,11 @@ def main() -> None:
             data = Path(tmp) / "demo"
             generate_demo_data(data, DemoDataConfig(clips=args.clips, size=args.size, seconds=args.seconds), quiet=True)
         config = CurateConfig(size=args.size, workers=args.workers)
+        before = os.times()
         summary = run_curate([data / "clips"], Path(tmp) / "curated", config, quiet=True)
+        after = os.times()
+        kinds = ("user", "system", "children_user", "children_system")
+        cpu = sum(getattr(after, k) - getattr(before, k) for k in kinds)
         manifest = pd.read_parquet(summary.manifest)
         figures = agreement(manifest, pd.read_parquet(data / "truth.parquet"))
     result = {
@@ -71,16 +79,18 @@ def main() -> None:
         "workers": args.workers,
         "video_s_per_wall_s": summary.seconds_per_second,
         "video_s_per_wall_s_per_worker": summary.seconds_per_second / args.workers,
+        "cpu_seconds": cpu,
+        "video_s_per_cpu_s": summary.video_seconds / cpu,
         "tiers": summary.tiers,
         **figures,
         "dataset": {"clips": args.clips, "size": args.size, "seconds": args.seconds},
         "machine": f"{platform.machine()} {platform.processor()} python {platform.python_version()}",
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "curate.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# fada curate on the demo dataset", "", "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.items()]
-    (RESULTS / "curate.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -40,7 +40,16 @@ def command(
     size: Annotated[int, typer.Option("--size", help="Side of the square face crop (pixels).")] = 512,
     min_seconds: Annotated[float, typer.Option("--min-seconds", help="Shortest clip kept (s).")] = 2.0,
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Longest clip; longer shots are split.")] = 10.0,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Worker processes (local engine), or the CPUs of a local Ray.")
+    ] = 1,
+    engine: Annotated[
+        str, typer.Option("--engine", help="Where sources run: `local` (process pool) or `ray` (a Ray task each).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster to join (e.g. `auto`, `ray://head:10001`); none: a local Ray."),
+    ] = None,
     thresholds: Annotated[
         Path | None, typer.Option("--thresholds", help="YAML/TOML file with `strict` (A) and `lenient` (B) checks.")
     ] = None,
@@ -51,7 +60,8 @@ def command(
         str, typer.Option("--iqa-metric", help="pyiqa metric read from its local cache ('none' to skip).")
     ] = "musiq",
     resume: Annotated[
-        bool, typer.Option("--resume", help="Keep the manifest in --out; skip clips already in it.")
+        bool,
+        typer.Option("--resume", help="Keep the manifest and the parts of an interrupted run; skip clips in them."),
     ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -61,6 +71,8 @@ def command(
     Example:
 
         fada curate raw_videos/ --out curated/ --size 512 --workers 4
+
+        fada curate /shared/raw/ --out /shared/curated/ --engine ray --ray-address auto
     """
     if syncnet_weights is not None and not syncnet_weights.is_file():
         raise UsageError(f"--syncnet-weights {syncnet_weights} is not a file; pass the path of syncnet_v2.model.")
@@ -69,6 +81,8 @@ def command(
         min_seconds=min_seconds,
         max_seconds=max_seconds,
         workers=workers,
+        engine=engine,
+        ray_address=ray_address,
         thresholds=load_thresholds(thresholds),
         scoring=ScoringSettings(
             syncnet_weights=syncnet_weights, iqa_metric=None if iqa_metric.lower() == "none" else iqa_metric

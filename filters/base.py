@@ -56,12 +56,18 @@ def analyse_clip(
     fps: float = VIDEO_FPS,
     audio_sr: int = AUDIO_SR,
     settings: ScoringSettings | None = None,
+    detections: list[list[faces.FaceBox]] | None = None,
 ) -> ClipData:
-    """Run the shared face analysis once: face-mesh landmarks per frame, detections every n-th frame."""
+    """Run the shared face analysis once: face-mesh landmarks per frame, detections every n-th frame.
+
+    ``detections`` already made on these frames (every ``detect_every``-th, e.g. while tracking
+    the crop) are reused instead of running the detector again.
+    """
     settings = settings or ScoringSettings()
     with faces.FaceMeshTracker() as tracker:
         landmarks = [tracker.landmarks(frame) for frame in frames]
-    detections = [faces.detect_faces(frame) for frame in frames[:: max(1, settings.detect_every)]]
+    if detections is None:
+        detections = [faces.detect_faces(frame) for frame in frames[:: max(1, settings.detect_every)]]
     return ClipData(
         frames=frames,
         audio=np.asarray(audio, dtype=np.float32),

@@ -48,14 +48,23 @@ def laplacian_sharpness(frames: np.ndarray) -> float:
 
 
 def pyiqa_cache_dir() -> Path:
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "pyiqa"
+    """``$TORCH_HOME/hub/pyiqa``, found as `torch.hub.get_dir` finds it, without importing torch."""
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir()) / "pyiqa"
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(torch_home)) / "hub" / "pyiqa"
 
 
 @functools.lru_cache(maxsize=4)
 def pyiqa_weights_problem(metric: str) -> str | None:
-    """Why the pyiqa metric cannot run offline (None when its weight file is in the local cache)."""
+    """Why the pyiqa metric cannot run offline (None when its weight file is in the local cache).
+
+    An empty or missing cache folder answers at once: importing pyiqa to learn the file's name
+    costs about 5 CPU seconds per worker process.
+    """
+    folder = pyiqa_cache_dir()
+    if not folder.is_dir() or not any(p.is_file() for p in folder.iterdir()):
+        return f"iqa: weights of {metric} not in pyiqa cache {folder} (it holds no files); copy them there to enable it"
     from pyiqa.archs import _lazy_import_arch
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
     from pyiqa.utils.registry import ARCH_REGISTRY

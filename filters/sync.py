@@ -94,11 +94,12 @@ def mouth_darkness(frames: np.ndarray, centres: np.ndarray, eye_distance: float)
             darkness[t] = NAN
             continue
         grey = frame[y0:y1, x0:x1].astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (h, w)
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        d2 = ((xx - x) / sx) ** 2 + ((yy - y) / sy) ** 2
-        mouth, surround = np.exp(-0.5 * d2), np.exp(-0.5 * d2 / SURROUND_SCALE**2)
-        mean_mouth, mean_surround = (mouth * grey).sum() / mouth.sum(), (surround * grey).sum() / surround.sum()
-        darkness[t] = 1.0 - mean_mouth / max(mean_surround, 1.0)
+        dx2, dy2 = ((np.arange(x0, x1) - x) / sx) ** 2, ((np.arange(y0, y1) - y) / sy) ** 2  # (w,), (h,)
+        means = []
+        for scale in (1.0, SURROUND_SCALE):  # a Gaussian is separable: weights = wy ⊗ wx
+            wx, wy = np.exp(-0.5 * dx2 / scale**2), np.exp(-0.5 * dy2 / scale**2)
+            means.append(float(wy @ grey @ wx) / (wy.sum() * wx.sum()))
+        darkness[t] = 1.0 - means[0] / max(means[1], 1.0)
     known = np.isfinite(darkness)
     if not known.any():
         return darkness

@@ -1,0 +1,86 @@
+"""The ``ray`` engine of `fada curate`: one Ray task per source video, on a cluster or a local Ray.
+
+Each task runs `curate.curate_source` (decode, crop, score, write the clip mp4s and the source's
+Parquet part) with an explicit request of one CPU, so Ray places as many tasks on a node as it
+has CPUs; the output folder must be visible to every node (a shared filesystem). The driver
+keeps about four tasks per cluster CPU submitted and collects them in completion order, so the
+progress bar counts work finished on the cluster and no call grows with the number of sources. A
+task whose worker dies (out of memory, a crash in a decoder) is retried once, then its source
+becomes a rejected row with the error as the reason; the run goes on.
+
+Without ``ray_address`` a local Ray is started with ``workers`` CPUs and shut down at the end;
+with one, the driver connects to that cluster and leaves it running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pipelines.curate import CurateConfig, curate_source, failed_row, source_key, write_part
+from pipelines.errors import UsageError
+
+TASK_CPUS = 1  # CPUs each source task asks Ray for (the scorers run single-threaded)
+TASK_RETRIES = 1  # retries of a task whose worker died before its source is recorded as failed
+IN_FLIGHT_PER_CPU = 4  # tasks submitted ahead per cluster CPU; the rest wait in the driver's queue
+WAIT_BATCH = 64  # finished tasks collected per ray.wait (which returns after at most 1 s anyway)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise UsageError(
+            f"--engine ray needs the ray package ({exc}); install fada with its dependencies or use --engine local."
+        ) from exc
+    return ray
+
+
+def start_ray(config: CurateConfig) -> bool:
+    """Connect to ``config.ray_address`` or start a local Ray; True when this call started it."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    if config.ray_address is None:
+        ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        try:
+            ray.init(address=config.ray_address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UsageError(
+                f"cannot connect to the Ray cluster at --ray-address {config.ray_address} "
+                f"({' '.join(str(exc).split())[:200]}); start it with `ray start --head` or omit --ray-address."
+            ) from exc
+    return True
+
+
+def iter_ray(sources: list[Path], out_dir: Path, config: CurateConfig, done: dict[str, frozenset[str]],
+             metadata: dict, work: Callable = curate_source) -> Iterator[tuple[Path, list[dict]]]:  # fmt: skip
+    """Yield (source, rows) as the Ray tasks finish; ``work`` is the task body (`curate_source`)."""
+    if not sources:
+        return
+    ray = _ray()
+    started_here = start_ray(config)
+    try:
+        task = ray.remote(num_cpus=TASK_CPUS, max_retries=TASK_RETRIES)(work)
+        out_dir = out_dir.absolute()
+        queue = list(reversed(sources))
+        in_flight_cap = max(8, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict = {}
+        while queue or pending:
+            while queue and len(pending) < in_flight_cap:  # a bounded window keeps each wait cheap
+                source = queue.pop()
+                key = source_key(source)  # arguments are small: a config, a few KB, and this source's ids
+                pending[task.remote(source, out_dir, config, done.get(key, frozenset()), metadata)] = source
+            ready, _ = ray.wait(list(pending), num_returns=min(len(pending), WAIT_BATCH), timeout=1.0)
+            for ref in ready:
+                source = pending.pop(ref)
+                try:
+                    rows = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the worker died (twice) on this source
+                    rows = [failed_row(source, f"ray worker: {type(exc).__name__}: {str(exc).splitlines()[0]}")]
+                    write_part(rows, out_dir, source, metadata)
+                yield source, rows
+    finally:
+        if started_here:
+            ray.shutdown()
