@@ -405,7 +405,9 @@ class VideoWriter:
                 frame.pict_type = av.video.frame.PictureType.I
             self._container.mux(self._video.encode(frame))
             self.frames_written += 1
-        self._write_audio(until=math.floor(self.frames_written / self.rate * self.audio_sr))
+        # a fragmented file muxes the speech 0.5 s ahead, so no fragment waits for the AAC encoder's delay
+        lead_s = 0.5 if self.fragmented else 0.0
+        self._write_audio(until=math.floor((self.frames_written / self.rate + lead_s) * self.audio_sr))
 
     def _write_audio(self, until: int | None) -> None:
         """Encode the speech's whole AAC frames that end by sample ``until`` (None: all that is left)."""
