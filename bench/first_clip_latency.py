@@ -52,6 +52,7 @@ def live_chunks(speech, pace: bool = True):
 
 
 def measure(preset: str, device: str, dtype: str, folder: Path) -> list[dict]:
+    folder.mkdir(parents=True, exist_ok=True)
     portrait, speech_file = make_inputs(folder)
     speech = media.read_audio(speech_file)
     speech_file = folder / "speech_1s.wav"

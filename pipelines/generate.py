@@ -101,6 +101,7 @@ class SamplingStrategy:
     make_scheduler: Callable[[int], DDIMSampler]  # steps -> object with .timesteps and .step(eps, z, i)
     guided_eps: Callable[..., torch.Tensor]  # (model, z, timestep, audio_tokens, reference, config) -> ε
     default_cfg_ref: float = 2.5  # --cfg-ref when not given: 2.5 without CFG distillation, 2.0 with it (SPEC §4)
+    branches: int = 3  # denoising-net evaluations per step: 3 multi-CFG branches (Eq. 9), 1 with CFG tokens (Eq. 10)
 
 
 def multi_cfg_eps(model: FadaModel, z, timestep: float, audio_tokens, reference, config: GenerateConfig):
@@ -145,6 +146,7 @@ def strategy_for(stage: str, mode: str, checkpoint: Path, windows: int = 4) -> S
             make_scheduler=lambda steps: PeRFlowScheduler(steps, K=windows),
             guided_eps=cfg_token_eps if fast else multi_cfg_eps,
             default_cfg_ref=2.0 if fast else 2.5,
+            branches=1 if fast else 3,
         )
     raise CheckpointError(
         f"{checkpoint} is a {stage} checkpoint of unknown mode {mode!r}; generate from a teacher "

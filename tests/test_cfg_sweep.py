@@ -54,7 +54,9 @@ def test_cfg_sweep_tiny_2x2(inputs, tmp_path, monkeypatch):
     teacher, held = inputs
     loads = []  # every FadaModel.from_checkpoint call: the sweep loads its checkpoint once for all 3 points
     original = FadaModel.from_checkpoint.__func__
-    monkeypatch.setattr(FadaModel, "from_checkpoint", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k)))
+    monkeypatch.setattr(
+        FadaModel, "from_checkpoint", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k))
+    )
     out = tmp_path / "sweep"
     args = ["eval", "--cfg-sweep", "--checkpoint", str(teacher), "--reference", str(held), "--out", str(out)]
     args += ["--audio-scales", "1,6.5", "--ref-scales", "1,2.5", "--steps", "1", "--max-videos", "1"]

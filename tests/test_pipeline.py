@@ -105,10 +105,11 @@ def test_stream_yields_clips_before_the_audio_ends_and_equals_the_whole_call(pip
             yield voice[start : start + 1_600]
 
     run = pipe.stream(portrait, microphone(), steps=1, seed=1)
-    clips = []
+    clips, pieces = [], []
     for frames in run:
         clips.append((len(frames), len(consumed)))
-        streamed = frames if len(clips) == 1 else np.concatenate([streamed, frames])
+        pieces.append(frames)
+    streamed = np.concatenate(pieces)
     chunks = len(consumed)
     assert chunks == 10
     # clip 1 (frames 0-3) needs audio through frame 4 + window 2 + context 1 = 7 frames = 0.28 s: 3 chunks
