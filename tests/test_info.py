@@ -22,8 +22,10 @@ def _info(path, *extra):
 def test_info_teacher_and_student(tmp_path):
     torch.manual_seed(0)
     model = FadaModel.from_config(get_preset("tiny"))
-    teacher = save_checkpoint(tmp_path / "teacher", stage="teacher", mode="teacher",
-                              config={"model": model.config.to_dict()}, components=model.components(), step=7)  # fmt: skip
+    config = {"model": model.config.to_dict()}
+    teacher = save_checkpoint(
+        tmp_path / "teacher", stage="teacher", mode="teacher", config=config, components=model.components(), step=7
+    )
     teacher_hash = checkpoint_hash(teacher)
     student_model = build_student_from_teacher(model, "tokens")
     student = save_checkpoint(
