@@ -2,11 +2,11 @@
 
 The same random-init (seeded) teacher and its two untrained students as `bench_modes` (a latency
 does not depend on the weights), each loaded once with `FadaPipeline.from_checkpoint`, then two
-latencies per mode after a 1-step warm-up:
+latencies per mode after a warm-up video:
 
 - ``whole``: `FadaPipeline.write(..., stream=True)` (what `fada generate --stream` runs) on the
-  first second of the speech (a teacher's whole 4 s takes minutes, clip 1 the same): from the call (inputs read, face cropped, …) to clip 1's frames
-  (``first_clip_seconds`` in OUT.json);
+  first second of the speech (a teacher's whole 4 s takes minutes, clip 1 the same): from the
+  call (inputs read, face cropped, …) to clip 1's frames (``first_clip_seconds`` in OUT.json);
 - ``live``: `FadaPipeline.stream` fed the same speech as 0.1-s chunks paced in real time, as a
   microphone would: from the arrival of the chunk that completes clip 1's audio (its F frames + the
   look-ahead of its feature window) to clip 1's frames. The stream stops after clip 1.
