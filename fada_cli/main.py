@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from fada_cli import curate, demo, demo_data, distill, evaluate, generate, info, train_teacher
+from fada_cli import curate, demo, demo_data, distill, evaluate, generate, info, serve, train_teacher
 from pipelines.errors import FadaError
 
 app = typer.Typer(
@@ -74,6 +74,7 @@ _register("generate", generate.command)
 _register("eval", evaluate.command)
 _register("demo", demo.command)
 _register("info", info.command)
+_register("serve", serve.command)
 
 
 def _show_version(value: bool) -> None:

@@ -177,6 +177,14 @@ class FadaPipeline:
     def write(self, image, audio, out_mp4: str | Path, config: GenerateConfig | None = None,
               stream: bool = False, quiet: bool = False) -> GenerationStats:  # fmt: skip
         """``out_mp4`` (speech muxed) and ``OUT.json``; ``stream=True`` grows a fragmented mp4 clip by clip."""
+        run = self.write_clips(image, audio, out_mp4, config, stream, quiet)
+        for _ in run:
+            pass
+        return run.stats
+
+    def write_clips(self, image, audio, out_mp4: str | Path, config: GenerateConfig | None = None,
+                    stream: bool = False, quiet: bool = False) -> StreamedGeneration:  # fmt: skip
+        """`write` as an iterator: yields (frames written, frames in all) after each clip; ``.stats`` at the end."""
         started = time.perf_counter()
         config = GenerateConfig() if config is None else config
         out_mp4 = Path(out_mp4)
@@ -184,16 +192,22 @@ class FadaPipeline:
             raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
         portrait, name = portrait_array(image)
         speech = speech_array(audio, quiet)
-        out_mp4.parent.mkdir(parents=True, exist_ok=True)
-        run = StreamedGeneration(self._clips(portrait, [speech], config, quiet, name, started, streaming=False))
-        # each clip's frames go to the encoder as soon as it is decoded: memory does not grow with the speech
-        with media.VideoWriter(out_mp4, audio=speech, fragmented=stream) as writer:
-            for frames in run:
-                writer.write(frames)
-        stats = replace(run.stats, video=str(out_mp4), streamed=stream, seconds=time.perf_counter() - started)
-        stats = replace(stats, seconds_per_video_second=stats.seconds / stats.audio_seconds)
-        write_json_atomic(stats_path(out_mp4), asdict(stats))
-        return stats
+
+        def clips():
+            out_mp4.parent.mkdir(parents=True, exist_ok=True)
+            run = StreamedGeneration(self._clips(portrait, [speech], config, quiet, name, started, streaming=False))
+            total = round(len(speech) * media.VIDEO_FPS / media.AUDIO_SR)
+            # each clip's frames go to the encoder as soon as it is decoded: memory does not grow with the speech
+            with media.VideoWriter(out_mp4, audio=speech, fragmented=stream) as writer:
+                for frames in run:
+                    writer.write(frames)
+                    yield writer.frames_written, total
+            stats = replace(run.stats, video=str(out_mp4), streamed=stream, seconds=time.perf_counter() - started)
+            stats = replace(stats, seconds_per_video_second=stats.seconds / stats.audio_seconds)
+            write_json_atomic(stats_path(out_mp4), asdict(stats))
+            return stats, speech
+
+        return StreamedGeneration(clips())
 
     def _clips(self, portrait_rgb: np.ndarray, audio_chunks: Iterable, config: GenerateConfig, quiet: bool,
                name: str, started: float | None, streaming: bool):  # fmt: skip
