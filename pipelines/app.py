@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipelines import media
 from pipelines.errors import FadaError, UsageError
 from pipelines.generate import GenerateConfig
 from pipelines.pipeline import FadaPipeline, speech_array
@@ -59,12 +60,13 @@ def generate_for_page(pipe: FadaPipeline, image: str | None, audio: str | None, 
         if not audio:
             raise UsageError("no speech given; upload an audio file or record one with the microphone.")
         speech = speech_array(audio)
-        if len(speech) / 16_000 > max_audio_s:
-            raise UsageError(f"speech lasts {len(speech) / 16_000:.1f} s, longer than this page's {max_audio_s:g} s.")
+        seconds = len(speech) / media.AUDIO_SR
+        if seconds > max_audio_s:
+            raise UsageError(f"speech lasts {seconds:.1f} s, longer than this page's {max_audio_s:g} s; trim it.")
         config = GenerateConfig(steps=int(steps), cfg_audio=float(cfg_audio), cfg_ref=float(cfg_ref), seed=int(seed),
                                 crop=bool(crop))  # fmt: skip
         out = out_dir / f"fada-{uuid.uuid4().hex[:12]}.mp4"
-        run = pipe.write_clips(image, (speech, 16_000), out, config, quiet=True)
+        run = pipe.write_clips(image, (speech, media.AUDIO_SR), out, config, quiet=True)
         for written, total in run:
             yield None, "", f"{written}/{total} frames generated", ""
         stats = asdict(run.stats)

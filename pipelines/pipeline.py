@@ -170,6 +170,11 @@ class FadaPipeline:
         The first-clip latency in the stats runs from the arrival of the chunk that completed the
         first clip's audio (or from ``started``) to its frames.
         """
+        if isinstance(audio_chunks, str | Path | tuple):
+            raise UsageError(
+                f"stream() takes an iterable of audio chunks, not {type(audio_chunks).__name__}; "
+                "for a whole file or (samples, rate) pair call the pipeline itself."
+            )
         portrait, label = portrait_array(image)
         config = self.config(steps, cfg_audio, cfg_ref, seed, config)
         return StreamedGeneration(self._clips(portrait, audio_chunks, config, quiet, name or label, started, True))

@@ -119,6 +119,8 @@ def test_stream_yields_clips_before_the_audio_ends_and_equals_the_whole_call(pip
     assert np.array_equal(streamed, whole.frames)
     assert run.stats.frames == 25 and np.array_equal(run.audio, whole.audio)
     assert 0 < run.stats.first_clip_seconds < run.stats.seconds
+    with pytest.raises(UsageError, match="iterable of audio chunks"):
+        pipe.stream(portrait, speech)
 
 
 def test_generate_stream_writes_a_growing_fragmented_mp4(teacher, inputs, tmp_path, monkeypatch):
