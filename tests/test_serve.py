@@ -108,6 +108,25 @@ def test_server_files_are_not_readable(server, files):
         assert refused.value.code in (403, 404)
 
 
+def test_uploads_over_the_limit_are_refused(server, tmp_path):
+    """The server was started with --max-upload-mb 2: a 3 MB upload gets 413, a small one goes through."""
+    boundary = "fada-test-boundary"
+
+    def upload(size: int) -> int:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.wav"\r\n\r\n'
+        body = head.encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        request = urllib.request.Request(f"{server}/gradio_api/upload", data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert upload(3 * 2**20) == 413
+    assert upload(1_000) == 200
+
+
 @pytest.fixture
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
