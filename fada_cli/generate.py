@@ -48,6 +48,13 @@ def command(
         bool, typer.Option("--no-crop", help="Skip face detection; use the centre square of the image.")
     ] = False,
     crop_scale: Annotated[float, typer.Option("--crop-scale", help="Crop side as a multiple of the face size.")] = 1.6,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Write OUT.mp4 as a fragmented mp4 that grows clip by clip (a player can open it while it grows).",
+        ),
+    ] = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -56,7 +63,9 @@ def command(
     The face is detected and cropped, the speech drives the mouth clip by clip, and the speech is
     muxed into the mp4. OUT.json beside the video records nfe (denoising-net evaluations per
     clip: 25 DDIM steps × 3 CFG branches = 75 for a teacher, 6 PeRFlow steps × 3 = 18 for a
-    balanced student, 6 × 1 = 6 for a fast one), seconds, frames and peak memory.
+    balanced student, 6 × 1 = 6 for a fast one), seconds, the first-clip latency, frames and peak memory.
+    With --stream the mp4 is a fragmented mp4 written in place, one fragment per clip, that a
+    player can open while it grows.
 
     Example:
 
@@ -74,7 +83,7 @@ def command(
         crop=not no_crop,
         crop_scale=crop_scale,
     )
-    stats = generate(checkpoint, image, audio, out, config, device=device, dtype=dtype, quiet=quiet)
+    stats = generate(checkpoint, image, audio, out, config, device=device, dtype=dtype, quiet=quiet, stream=stream)
     if as_json:
         typer.echo(json.dumps(asdict(stats), indent=2))
         return
@@ -85,6 +94,7 @@ def command(
         f"cfg audio {stats.cfg_audio} ref {stats.cfg_ref}"
     )
     typer.echo(
-        f"{stats.seconds:.1f} s ({stats.seconds_per_video_second:.2f} s per video second) on {stats.device}, "
+        f"{stats.seconds:.1f} s ({stats.seconds_per_video_second:.2f} s per video second; first clip after "
+        f"{stats.first_clip_seconds:.1f} s; load {stats.load_seconds:.1f} s) on {stats.device}, "
         f"peak memory {stats.peak_memory_mb:.0f} MB ({stats.peak_memory_source})"
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from fada_cli import curate, demo, demo_data, distill, evaluate, generate, train_teacher
+from fada_cli import curate, demo, demo_data, distill, evaluate, generate, info, serve, train_teacher
 from pipelines.errors import FadaError
 
 app = typer.Typer(
@@ -73,6 +73,8 @@ _register("distill", distill.command)
 _register("generate", generate.command)
 _register("eval", evaluate.command)
 _register("demo", demo.command)
+_register("info", info.command)
+_register("serve", serve.command)
 
 
 def _show_version(value: bool) -> None:

@@ -23,8 +23,9 @@ from PIL import Image
 
 from pipelines.errors import UsageError
 from pipelines.evaluate import EvalConfig, EvalReport, evaluate, list_videos
-from pipelines.generate import TEACHER_DDIM, GenerateConfig, GenerationStats, checkpoint_strategy, generate
+from pipelines.generate import TEACHER_DDIM, GenerateConfig, GenerationStats
 from pipelines.media import read_video
+from pipelines.pipeline import FadaPipeline
 from pipelines.progress import log
 
 SWEEP_METRICS = ("sync_proxy", "e_fid_proxy", "piqe", "sharpness", "fid", "fvd", "fvd_r", "e_fid", "sync_c", "sync_d")
@@ -88,11 +89,14 @@ def held_out_clips(reference: Path, image: Path | None, work_dir: Path, max_vide
 
 def generate_set(checkpoint, clips: list[HeldOutClip], out_dir: Path, config: GenerateConfig, device, dtype,
                  quiet: bool) -> list[GenerationStats]:  # fmt: skip
-    """One video per held-out clip into ``out_dir/<stem>.mp4`` (stats JSON beside each)."""
-    return [
-        generate(checkpoint, clip.image, clip.audio, out_dir / f"{clip.stem}.mp4", config, device, dtype, quiet)
-        for clip in clips
-    ]
+    """One video per held-out clip into ``out_dir/<stem>.mp4`` (stats JSON beside each).
+
+    ``checkpoint``: a loaded `FadaPipeline` (reused), or a folder, loaded once for the whole set.
+    """
+    pipe = (
+        checkpoint if isinstance(checkpoint, FadaPipeline) else FadaPipeline.from_checkpoint(checkpoint, device, dtype)
+    )
+    return [pipe.write(clip.image, clip.audio, out_dir / f"{clip.stem}.mp4", config, quiet=quiet) for clip in clips]
 
 
 def metric_values(report: EvalReport) -> dict[str, float | None]:
@@ -114,12 +118,11 @@ def run_cfg_sweep(checkpoint: Path, reference: Path, out_dir: Path, config: Swee
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_config = EvalConfig(iqa_metric=None) if eval_config is None else eval_config
-    # 1. the held-out set
+    # 1. the held-out set; the checkpoint, loaded once for every grid point
     clips = held_out_clips(Path(reference), image, out_dir, config.max_videos)
+    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device, dtype=dtype)
     if config.generate.cfg_ref is None:  # the fixed reference scale of the audio axis: the checkpoint's default
-        config = replace(
-            config, generate=replace(config.generate, cfg_ref=checkpoint_strategy(checkpoint).default_cfg_ref)
-        )
+        config = replace(config, generate=replace(config.generate, cfg_ref=pipe.strategy.default_cfg_ref))
     # 2.–3. every grid point: generate (once per distinct scale pair), evaluate
     done: dict[tuple[float, float], dict] = {}
     rows = []
@@ -128,7 +131,7 @@ def run_cfg_sweep(checkpoint: Path, reference: Path, out_dir: Path, config: Swee
             log(f"cfg sweep: audio {cfg_audio:g}, reference {cfg_ref:g}", quiet=quiet)
             point_dir = out_dir / f"audio{cfg_audio:g}_ref{cfg_ref:g}"
             gen_config = replace(config.generate, cfg_audio=cfg_audio, cfg_ref=cfg_ref)
-            stats = generate_set(checkpoint, clips, point_dir / "videos", gen_config, device, dtype, quiet)
+            stats = generate_set(pipe, clips, point_dir / "videos", gen_config, device, dtype, quiet)
             report = evaluate(point_dir / "videos", Path(reference), point_dir / "eval", eval_config, quiet=quiet)
             values = metric_values(report)
             done[(cfg_audio, cfg_ref)] = {

@@ -44,6 +44,7 @@ from pipelines.manifest import clip_path, write_manifest
 from pipelines.media import read_video
 from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
+from pipelines.pipeline import FadaPipeline
 from pipelines.progress import log
 from pipelines.train_teacher import TeacherTrainConfig, train_teacher
 
@@ -130,9 +131,11 @@ def time_generation(checkpoint: Path, clip: HeldOutClip, work: Path, device, qui
     """(overhead s, s per sampler step) of one held-out video, from generating it with 1 and 2 steps
     after a 1-step warm-up (measured: a cold 1-step video took 28 s, a warm 2-step one 13 s)."""
 
+    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device)  # loaded once for the three videos
+
     def seconds(steps: int, name: str) -> float:
         config = GenerateConfig(steps=steps, crop=False)
-        return generate_set(checkpoint, [clip], work / name, config, device, "fp32", quiet=True)[0].seconds
+        return generate_set(pipe, [clip], work / name, config, device, "fp32", quiet=True)[0].seconds
 
     seconds(1, "warm-up")
     one, two = seconds(1, "steps1"), seconds(2, "steps2")

@@ -23,10 +23,9 @@ import math
 import os
 import resource
 import sys
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines import fada_math, media
-from pipelines.audio import AudioFeatureWindows, build_audio_encoder
 from pipelines.checkpoint import CheckpointInfo, load_checkpoint_info
-from pipelines.devices import enable_tf32, resolve_device, resolve_dtype
 from pipelines.errors import CheckpointError, InputFileError, MediaError, UsageError
 from pipelines.faces import detect_faces, square_crop_box
 from pipelines.model import FadaModel
-from pipelines.progress import log, make_progress
+from pipelines.progress import log
 from pipelines.schedulers import DDIMSampler, PeRFlowScheduler
 
 MIN_AUDIO_S = 1 / media.VIDEO_FPS  # shortest speech that makes one video frame (40 ms)
@@ -64,7 +61,7 @@ class GenerateConfig:
 class GenerationStats:
     """The numbers written to ``OUT.json`` (and printed by the CLI)."""
 
-    video: str  # the mp4 written
+    video: str | None  # the mp4 written (None: frames returned to Python by `FadaPipeline`)
     checkpoint: str  # the checkpoint folder used
     stage: str  # checkpoint stage: teacher | student
     mode: str  # checkpoint mode (as recorded in fada_checkpoint.json)
@@ -81,8 +78,11 @@ class GenerationStats:
     clips: int  # clips of frames_per_clip generated
     frames_per_clip: int  # F
     motion_frames: int  # M
-    seconds: float  # wall-clock seconds of the whole call (load, generate, write)
+    seconds: float  # wall-clock seconds of the call (read inputs, generate, write), the model load not counted
     seconds_per_video_second: float  # seconds / audio_seconds
+    load_seconds: float  # seconds the pipeline took to load the checkpoint (once, before this call)
+    first_clip_seconds: float  # latency: audio in (the call, or the chunk completing clip 1's audio) → clip 1's frames
+    streamed: bool  # written with --stream: a fragmented mp4 that grew clip by clip
     peak_memory_mb: float  # see peak_memory_source
     peak_memory_source: str  # cuda_max_allocated (GPU) or process_peak_rss (CPU, whole process)
     device: str  # torch device used
@@ -101,6 +101,7 @@ class SamplingStrategy:
     make_scheduler: Callable[[int], DDIMSampler]  # steps -> object with .timesteps and .step(eps, z, i)
     guided_eps: Callable[..., torch.Tensor]  # (model, z, timestep, audio_tokens, reference, config) -> ε
     default_cfg_ref: float = 2.5  # --cfg-ref when not given: 2.5 without CFG distillation, 2.0 with it (SPEC §4)
+    branches: int = 3  # denoising-net evaluations per step: 3 multi-CFG branches (Eq. 9), 1 with CFG tokens (Eq. 10)
 
 
 def multi_cfg_eps(model: FadaModel, z, timestep: float, audio_tokens, reference, config: GenerateConfig):
@@ -145,6 +146,7 @@ def strategy_for(stage: str, mode: str, checkpoint: Path, windows: int = 4) -> S
             make_scheduler=lambda steps: PeRFlowScheduler(steps, K=windows),
             guided_eps=cfg_token_eps if fast else multi_cfg_eps,
             default_cfg_ref=2.0 if fast else 2.5,
+            branches=1 if fast else 3,
         )
     raise CheckpointError(
         f"{checkpoint} is a {stage} checkpoint of unknown mode {mode!r}; generate from a teacher "
@@ -172,6 +174,11 @@ def read_portrait(path: Path) -> np.ndarray:
             image.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise MediaError(f"cannot read portrait {path} ({exc}); pass a PNG or JPEG image.") from exc
+    return image_to_rgb(image)
+
+
+def image_to_rgb(image: Image.Image) -> np.ndarray:
+    """A PIL image of any mode → RGB uint8 (H, W, 3); alpha is composited on white."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit grayscale: rescale to 8 bit
         values = np.asarray(image, dtype=np.float64)
         span = max(values.max() - values.min(), 1e-12)
@@ -185,7 +192,7 @@ def read_portrait(path: Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def crop_portrait(rgb: np.ndarray, size: int, crop: bool, scale: float, path: Path) -> np.ndarray:
+def crop_portrait(rgb: np.ndarray, size: int, crop: bool, scale: float, path: Path | str) -> np.ndarray:
     """A square face-centred window (or the centre square with ``crop=False``) resized to size²."""
     height, width = rgb.shape[:2]
     if crop:
@@ -283,108 +290,20 @@ def generate(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "fp32",
     quiet: bool = False,
+    stream: bool = False,
 ) -> GenerationStats:
-    """Generate ``out_mp4`` (speech muxed) and ``out_mp4.json`` from a portrait and speech."""
-    started = time.perf_counter()
-    checkpoint, image, audio, out_mp4 = Path(checkpoint), Path(image), Path(audio), Path(out_mp4)
-    device = resolve_device(device) if isinstance(device, str) else device
-    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    """Generate ``out_mp4`` (speech muxed) and ``out_mp4.json``: `FadaPipeline.write` of a freshly loaded checkpoint.
+
+    To generate several videos from one checkpoint, load it once with `FadaPipeline.from_checkpoint`.
+    """
+    from pipelines.pipeline import FadaPipeline  # it builds on this module
+
+    out_mp4 = Path(out_mp4)
     if out_mp4.suffix.lower() != ".mp4" or out_mp4.is_dir():
         raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    enable_tf32(device)  # fp32 matmuls on TF32 tensor cores where the GPU has them
-
-    # 1. check inputs: checkpoint stage → strategy, portrait, speech, model
-    info = load_checkpoint_info(checkpoint)
-    strategy = checkpoint_strategy(info)
-    portrait_rgb = read_portrait(image)
-    speech = read_speech(audio, quiet)
-    model = FadaModel.from_checkpoint(checkpoint, expect_stage=info.stage, device=device, dtype=dtype)
-    model.eval()
-    if config.cfg_ref is None:
-        config = replace(config, cfg_ref=strategy.default_cfg_ref)
-    if info.image_only and config.cfg_audio != 0:  # its audio branch was never trained: guide by the reference only
-        log(f"[yellow]note:[/] {checkpoint} is an image-stage teacher (no trained audio path); generating with "
-            "--cfg-audio 0, so the mouth will not follow the speech.", quiet=quiet)  # fmt: skip
-        config = replace(config, cfg_audio=0.0)
-    steps, frames_per_clip, motion_frames = check_config(config, model, strategy)
-    scheduler = strategy.make_scheduler(steps)
-    portrait = crop_portrait(portrait_rgb, model.config.sample_size, config.crop, config.crop_scale, image)
-
-    # 2. the clip layout; audio features come clip by clip (step 4), from a window of the speech
-    total_frames = round(len(speech) * media.VIDEO_FPS / media.AUDIO_SR)
-    n_clips = math.ceil(total_frames / frames_per_clip)
-    audio_encoder = build_audio_encoder(model.config).to(device)
-    audio_windows = AudioFeatureWindows(speech, n_clips * frames_per_clip, audio_encoder, device)  # padded: silence
-
-    # 3. the reference latent; the first clip's motion frames are the reference repeated
-    with torch.no_grad():
-        reference_image = torch.from_numpy(portrait).permute(2, 0, 1).float().div(127.5).sub(1)  # (3, H, W)
-        reference_latent = model.encode_images(reference_image[None].to(device, dtype))  # (1, C, h, w)
-        motion_latents = reference_latent[:, None].expand(1, motion_frames, *reference_latent.shape[1:])
-    generator = torch.Generator().manual_seed(config.seed)
-    nfe_per_clip: list[int] = []
-    out_mp4.parent.mkdir(parents=True, exist_ok=True)
-
-    # each clip's frames go to the mp4 encoder as soon as it is decoded: memory does not grow with the speech
-    writer = media.VideoWriter(out_mp4, fps=media.VIDEO_FPS, audio=speech, audio_sr=media.AUDIO_SR)
-    with torch.no_grad(), make_progress(quiet) as progress, writer:
-        task = progress.add_task("denoising", total=n_clips * steps)
-        for clip in range(n_clips):
-            progress.update(task, description=f"clip {clip + 1}/{n_clips}")
-            # 4. reference features ONCE per clip, shared by every denoising step and branch; the clip's audio
-            reference = model.reference_features(reference_latent, motion_latents)
-            first = clip * frames_per_clip
-            window = audio_windows(first, first + frames_per_clip)  # (F, W, D_feat)
-            audio_tokens = model.audio_tokens(window[None].to(device))  # (1, F, N, D)
-
-            # 5. denoising loop from seeded noise
-            shape = (1, frames_per_clip, *reference_latent.shape[1:])  # (1, F, C, h, w)
-            z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-            nfe_before = model.nfe_counter
-            for i, timestep in enumerate(scheduler.timesteps):
-                eps = strategy.guided_eps(model, z, timestep, audio_tokens, reference, config)
-                z = scheduler.step(eps, z, i)
-                progress.advance(task)
-            nfe_per_clip.append(model.nfe_counter - nfe_before)
-
-            # 6. decode; the last M frames become the next clip's motion frames
-            images = model.decode_latents(z.to(dtype))[0].clamp(-1, 1)  # (F, 3, H, W)
-            motion_latents = model.encode_images(images[None, -motion_frames:])  # (1, M, C, h, w)
-
-            # 7. the clip's frames (the padding past the speech trimmed) to the mp4, with the speech up to them
-            writer.write(to_uint8_frames(images[: total_frames - first]))  # (≤F, H, W, 3)
-            del images
-
-    # 8. the stats beside the mp4 (which appeared when the writer closed)
-    memory_mb, memory_source = peak_memory(device)
-    seconds = time.perf_counter() - started
-    audio_seconds = len(speech) / media.AUDIO_SR
-    stats = GenerationStats(
-        video=str(out_mp4),
-        checkpoint=str(checkpoint),
-        stage=info.stage,
-        mode=info.mode,
-        sampler=strategy.name,
-        nfe=max(nfe_per_clip),
-        nfe_total=sum(nfe_per_clip),
-        steps=steps,
-        cfg_audio=config.cfg_audio,
-        cfg_ref=config.cfg_ref,
-        seed=config.seed,
-        frames=writer.frames_written,
-        fps=media.VIDEO_FPS,
-        audio_seconds=audio_seconds,
-        clips=n_clips,
-        frames_per_clip=frames_per_clip,
-        motion_frames=motion_frames,
-        seconds=seconds,
-        seconds_per_video_second=seconds / audio_seconds,
-        peak_memory_mb=memory_mb,
-        peak_memory_source=memory_source,
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
-    )
-    write_json_atomic(stats_path(out_mp4), asdict(stats))
-    return stats
+    if not Path(image).is_file():
+        raise InputFileError(f"portrait {image} does not exist; pass an image file with --image.")
+    if not Path(audio).is_file():
+        raise InputFileError(f"speech {audio} does not exist; pass an audio file with --audio.")
+    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device, dtype=dtype)
+    return pipe.write(image, audio, out_mp4, config, stream=stream, quiet=quiet)

@@ -324,6 +324,12 @@ class VideoWriter:
     sample j has pts j / audio_sr, both from 0. The file is written to a temporary name in the
     destination folder and renamed over ``path`` only when the block ends without an error;
     on an error (or with no frames written) nothing is left behind.
+
+    ``fragmented=True`` (`fada generate --stream`) writes ``path`` itself, as a fragmented mp4 that
+    grows while it is written: every `write` starts with a keyframe, so each call (one clip) becomes
+    one fragment, which the muxer puts on disk when the next one starts (the last at the end). A
+    player can open the file at any time and plays the clips written so far; x264 runs without
+    look-ahead (``tune=zerolatency``) so no frame waits for later ones. A failure deletes the file.
     """
 
     def __init__(
@@ -333,8 +339,10 @@ class VideoWriter:
         audio: np.ndarray | None = None,
         audio_sr: int = AUDIO_SR,
         crf: int = 18,
+        fragmented: bool = False,
     ):
         self.path = Path(path)
+        self.fragmented = fragmented
         if self.path.suffix.lower() not in WRITE_VIDEO_SUFFIXES:
             raise MediaError(f"cannot write {self.path}: only .mp4 video output is supported; use a .mp4 name.")
         self.audio = None if audio is None else _check_audio(audio, self.path)
@@ -345,21 +353,35 @@ class VideoWriter:
         self.crf = crf
         self.frames_written = 0  # video frames encoded so far
         self._audio_done = 0  # audio samples encoded so far
+        self._closed = False  # set once a fragmented file is complete
         self._stack: ExitStack | None = None
         self._container = self._video = self._sound = None
 
     def __enter__(self) -> VideoWriter:
         self._stack = ExitStack()
-        self._tmp = self._stack.enter_context(_atomic_target(self.path))
+        if self.fragmented:
+            self.path.unlink(missing_ok=True)
+            self._stack.callback(self._delete_unless_closed)
+            self._tmp = self.path
+        else:
+            self._tmp = self._stack.enter_context(_atomic_target(self.path))
         return self
 
+    def _delete_unless_closed(self) -> None:
+        if not self._closed:
+            self.path.unlink(missing_ok=True)
+
     def _open(self, width: int, height: int) -> None:
-        self._container = self._stack.enter_context(av.open(str(self._tmp), mode="w", format="mp4"))
+        options = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+        container = av.open(str(self._tmp), mode="w", format="mp4", options=options if self.fragmented else {})
+        self._container = self._stack.enter_context(container)
         self._video = self._container.add_stream("libx264", rate=self.rate)
         self._video.width, self._video.height = width, height
         self._video.pix_fmt = "yuv420p"
         self._video.codec_context.time_base = 1 / self.rate
         self._video.options = {"crf": str(self.crf), "preset": "medium"}
+        if self.fragmented:
+            self._video.options = {**self._video.options, "tune": "zerolatency"}
         if self.audio is not None:
             self._sound = self._container.add_stream("aac", rate=self.audio_sr, layout="mono")
             self._sound.codec_context.time_base = Fraction(1, self.audio_sr)
@@ -376,12 +398,16 @@ class VideoWriter:
                 f"cannot write {self.path}: frames of {frames.shape[2]}x{frames.shape[1]} after "
                 f"{self._video.width}x{self._video.height} ones; every frame of a video must have one size."
             )
-        for rgb in frames:
+        for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = self.frames_written
+            if self.fragmented and i == 0:  # each write opens a fragment
+                frame.pict_type = av.video.frame.PictureType.I
             self._container.mux(self._video.encode(frame))
             self.frames_written += 1
-        self._write_audio(until=math.floor(self.frames_written / self.rate * self.audio_sr))
+        # a fragmented file muxes the speech 0.5 s ahead, so no fragment waits for the AAC encoder's delay
+        lead_s = 0.5 if self.fragmented else 0.0
+        self._write_audio(until=math.floor((self.frames_written / self.rate + lead_s) * self.audio_sr))
 
     def _write_audio(self, until: int | None) -> None:
         """Encode the speech's whole AAC frames that end by sample ``until`` (None: all that is left)."""
@@ -411,6 +437,7 @@ class VideoWriter:
                 if not stack.__exit__(*sys.exc_info()):  # closes and deletes the temporary file
                     raise
                 return False
+            self._closed = True  # a fragmented file stays
         return stack.__exit__(exc_type, exc, traceback)
 
 

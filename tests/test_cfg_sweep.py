@@ -50,8 +50,13 @@ def test_grid_points_share_the_default():
         SweepConfig(audio_scales=(float("nan"),))
 
 
-def test_cfg_sweep_tiny_2x2(inputs, tmp_path):
+def test_cfg_sweep_tiny_2x2(inputs, tmp_path, monkeypatch):
     teacher, held = inputs
+    loads = []  # every FadaModel.from_checkpoint call: the sweep loads its checkpoint once for all 3 points
+    original = FadaModel.from_checkpoint.__func__
+    monkeypatch.setattr(
+        FadaModel, "from_checkpoint", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k))
+    )
     out = tmp_path / "sweep"
     args = ["eval", "--cfg-sweep", "--checkpoint", str(teacher), "--reference", str(held), "--out", str(out)]
     args += ["--audio-scales", "1,6.5", "--ref-scales", "1,2.5", "--steps", "1", "--max-videos", "1"]
@@ -67,6 +72,7 @@ def test_cfg_sweep_tiny_2x2(inputs, tmp_path):
     # the default point (6.5, 2.5) is generated once and shared by both axes
     assert table.loc[1, "folder"] == table.loc[3, "folder"]
     assert len(list(out.glob("audio*_ref*/videos/*.mp4"))) == 3
+    assert len(loads) == 1
     # other scales give other videos (the guidance is applied)
     assert table.loc[0, "sharpness"] != table.loc[1, "sharpness"]
     # FID/FVD without weights are absent from the grid, not replaced by proxies

@@ -187,9 +187,9 @@ CPU_ON_PURPOSE = {
     ("pipelines/model.py", "sample_condition_dropout", "rand"): "drawn on the CPU generator, then .to(device)",
     ("pipelines/train_teacher.py", "teacher_loss", "randint"): "t on the CPU generator, then .to(device)",
     ("pipelines/train_teacher.py", "teacher_loss", "randn"): "ε on the CPU generator, then .to(device)",
-    ("pipelines/generate.py", "generate", "Generator"): "seeded CPU generator: the same video on every device",
-    ("pipelines/generate.py", "generate", "randn"): "initial noise on the CPU generator, then .to(device)",
-    ("pipelines/generate.py", "generate", "from_numpy"): "the portrait; .to(device, dtype) on the next line",
+    ("pipelines/pipeline.py", "FadaPipeline._clips", "Generator"): "seeded CPU generator: same video on any device",
+    ("pipelines/pipeline.py", "FadaPipeline._clips.clip_frames", "randn"): "noise on the CPU generator, .to(device)",
+    ("pipelines/pipeline.py", "FadaPipeline._clips", "from_numpy"): "the portrait; .to(device, dtype) on the next line",
     # parameter initialisation: modules are built on the CPU (or under `with torch.device(...)`) and moved whole
     ("pipelines/attention.py", "CfgConditioning.__init__", "randn"): "parameter init",
     ("pipelines/audio.py", "AudioProjection.__init__", "randn"): "parameter init",
