@@ -327,6 +327,39 @@ def child(case: str, work: Path, limit_gb: float) -> None:
     print("RESULT " + json.dumps(row), flush=True)
 
 
+# --- static memory, computed on the meta device ---------------------------------------------------
+
+
+def static_memory_gb(kind: str, options: dict, preset: str = "sd15") -> dict[str, float]:
+    """Bytes a training case holds before any activation: weights (fp32; a frozen distillation
+    teacher in the autocast dtype), gradients of the trainable weights (fp32) and the optimiser
+    state (AdamW: 2 fp32 moments; 8-bit AdamW: 2 one-byte moments per weight, plus block scales,
+    ignored). Counted on a model built on the meta device — no memory, no time."""
+    import torch
+
+    from pipelines.model import FadaModel, build_student_from_teacher
+    from pipelines.model_config import get_preset
+    from pipelines.train_teacher import set_trainable
+
+    with torch.device("meta"):
+        model = FadaModel.from_config(get_preset(preset))
+        frozen_teacher = 0
+        if kind == "teacher":
+            set_trainable(model, options["stage"], "audio-temporal")
+            trained = model
+        else:
+            trained = build_student_from_teacher(model, "tokens" if options["mode"] == "fast" else "none")
+            frozen_teacher = sum(p.numel() for p in model.parameters()) * (2 if options["precision"] != "no" else 4)
+    total = sum(p.numel() for p in trained.parameters())
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    moments = 2 if options.get("optimizer") == "adamw8bit" else 8
+    parts = {"weights": 4 * total + frozen_teacher, "grads": 4 * trainable, "optimizer": moments * trainable}
+    return {k: v / 1e9 for k, v in parts.items()} | {
+        "static": sum(parts.values()) / 1e9,
+        "trainable_m": trainable / 1e6,
+    }
+
+
 # --- the parent: cases in order, results after each ----------------------------------------------
 
 
@@ -340,18 +373,25 @@ def write_results(rows: list[dict], out: Path) -> None:
         "peak = process peak RSS; tensors = peak − RSS before the model "
         "(≈ what a GPU holds, plus ~0.5 GB CUDA context).",
         "",
+        "Static GB = weights + gradients + optimiser state, counted on the meta device (`static_memory_gb`); "
+        "activations ≈ tensors − static. On a GPU expect about tensors + 0.5 GB (CUDA context) for a case that ran, "
+        "and static + activations for one that did not fit here. Reading: README, § Training at the paper's scale.",
+        "",
         "| case | precision | checkpointing | optimizer | frames | status | step s (fwd s) | peak RSS GB | tensors GB |"
-        " trainable M |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " trainable M | static GB (w + g + opt) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["kind"] == "generate":
             continue
         step = f"{r['step_s']:.0f} ({r['forward_s']:.0f})" if "step_s" in r else "—"
+        mem = static_memory_gb(r["kind"], r)
+        tensors = f"{r['tensors_peak_gb']:.1f}" if r["status"] == "ok" else "—"
+        peak = f"{r['peak_rss_gb']:.1f}" if r["peak_rss_gb"] == r["peak_rss_gb"] else "—"  # NaN: killed
         lines.append(
             f"| {r['case']} | {r['precision']} | {'on' if r['ckpt'] else 'off'} | {r.get('optimizer', 'adamw')} | "
-            f"{r.get('frames', '—')} | {r['status']} | {step} | {r['peak_rss_gb']:.1f} | {r['tensors_peak_gb']:.1f} | "
-            f"{r.get('params_trainable_m', float('nan')):.0f} |"
+            f"{r.get('frames', '—')} | {r['status']} | {step} | {peak} | {tensors} | {mem['trainable_m']:.0f} | "
+            f"{mem['static']:.1f} ({mem['weights']:.1f} + {mem['grads']:.1f} + {mem['optimizer']:.1f}) |"
         )
     lines += ["",
               "| generation | weights | status | NFE / clip | steps | frames | seconds | peak RSS GB | tensors GB |",
@@ -377,8 +417,12 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases, in order")
     parser.add_argument("--limit-gb", type=float, default=20.0, help="data limit per case process (GiB)")
     parser.add_argument("--out", type=Path, default=RESULTS / "sd15", help="results stem (.json, .md)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.render:
+        write_results(json.loads(args.out.with_suffix(".json").read_text()), args.out)
+        return
     if args.child == "checkpoints":
         save_checkpoints(args.work / "sd15", args.work)
         return
