@@ -113,12 +113,7 @@ def e_fid_proxy(generated: list[np.ndarray], reference: list[np.ndarray], n_comp
     canonical = canonical_shape([np.median(v, axis=0) for v in reference])
     ref = np.concatenate([expression_descriptors(v, canonical) for v in reference])  # (N_r, 2P)
     gen = np.concatenate([expression_descriptors(v, canonical) for v in generated])  # (N_g, 2P)
-    k = min(n_components, len(ref) - 1, ref.shape[1])
-    if k < 1 or len(gen) < 2:
-        raise ValueError(f"too few frames for the PCA ({len(gen)} generated, {len(ref)} reference)")
-    pca = ExpressionPCA.fit(ref, k)
-    value = frechet_distance_of_features(pca.transform(gen), pca.transform(ref))
-    return EFidProxy(value=value, n_generated=len(gen), n_reference=len(ref), n_components=k)
+    return _efid_of_descriptors(gen, ref, n_components)
 
 
 def window_e_fid_proxy(generated: list[np.ndarray], reference: list[np.ndarray], n_components: int = 16) -> EFidProxy:
@@ -128,12 +123,7 @@ def window_e_fid_proxy(generated: list[np.ndarray], reference: list[np.ndarray],
     if not generated or not reference:
         raise ValueError("need at least one video with a mouth window in each set")
     ref, gen = np.concatenate(reference), np.concatenate(generated)  # (N_r, D), (N_g, D)
-    k = min(n_components, len(ref) - 1, ref.shape[1])
-    if k < 1 or len(gen) < 2:
-        raise ValueError(f"too few frames for the PCA ({len(gen)} generated, {len(ref)} reference)")
-    pca = ExpressionPCA.fit(ref, k)
-    value = frechet_distance_of_features(pca.transform(gen), pca.transform(ref))
-    return EFidProxy(value=value, n_generated=len(gen), n_reference=len(ref), n_components=k)
+    return _efid_of_descriptors(gen, ref, n_components)
 
 
 def chance_r(mouth: np.ndarray, rms: np.ndarray) -> float:
@@ -186,3 +176,13 @@ def syncnet_scores(clip: ClipData) -> dict[str, float | str]:
 def sharpness(frames: np.ndarray) -> float:
     """Median Laplacian-variance sharpness of every `FRAME_STEP`-th frame (higher = sharper)."""
     return quality.laplacian_sharpness(frames[:: quality.FRAME_STEP])
+
+
+def _efid_of_descriptors(gen: np.ndarray, ref: np.ndarray, n_components: int) -> EFidProxy:
+    """Fréchet distance of (N_g, D) and (N_r, D) descriptors in the reference's first k PCA components."""
+    k = min(n_components, len(ref) - 1, ref.shape[1])
+    if k < 1 or len(gen) < 2:
+        raise ValueError(f"too few frames for the PCA ({len(gen)} generated, {len(ref)} reference)")
+    pca = ExpressionPCA.fit(ref, k)
+    value = frechet_distance_of_features(pca.transform(gen), pca.transform(ref))
+    return EFidProxy(value=value, n_generated=len(gen), n_reference=len(ref), n_components=k)
