@@ -60,6 +60,7 @@ class Variant:
     model: dict = field(default_factory=dict)  # preset overrides
     minutes: float | None = None  # CPU minutes of training (None = --minutes)
     ema: float = 0.0  # EMA decay of the weights the checkpoints hold (0 = off)
+    identity_augment: float = 0.0  # probability of `data.identity_transform` per training window
 
 
 VARIANTS = {
@@ -90,6 +91,65 @@ VARIANTS = {
             loss_weighting="v",
             video_trainable="all",
         ),  # fmt: skip
+        # issue 19: levers for copying the reference (ModelConfig options and the identity augmentation)
+        Variant(
+            "res-minsnr",
+            "image → video, reference_residual, min-SNR-5, lr 1e-3",
+            ("image", "video"),
+            loss_weighting="min-snr",
+            model={"prediction_type": "reference_residual"},
+        ),  # fmt: skip
+        Variant(
+            "res-minsnr-aug",
+            "res-minsnr + identity augmentation (p 0.8)",
+            ("image", "video"),
+            loss_weighting="min-snr",
+            model={"prediction_type": "reference_residual"},
+            identity_augment=0.8,
+        ),  # fmt: skip
+        Variant(
+            "res-joint",
+            "one joint stage, reference_residual, min-SNR-5, lr 1e-3",
+            loss_weighting="min-snr",
+            model={"prediction_type": "reference_residual"},
+        ),  # fmt: skip
+        Variant(
+            "res-joint-aug",
+            "res-joint + identity augmentation (p 0.8)",
+            loss_weighting="min-snr",
+            model={"prediction_type": "reference_residual"},
+            identity_augment=0.8,
+        ),  # fmt: skip
+        Variant(
+            "res-v",
+            "image → video, reference_residual, v weighting, lr 1e-3",
+            ("image", "video"),
+            loss_weighting="v",
+            model={"prediction_type": "reference_residual"},
+        ),  # fmt: skip
+        Variant(
+            "res-short-image",
+            "res-minsnr with 30 % of the time in the image stage, video stage trains everything",
+            ("image", "video"),
+            image_share=0.3,
+            loss_weighting="min-snr",
+            video_trainable="all",
+            model={"prediction_type": "reference_residual"},
+        ),  # fmt: skip
+        Variant(
+            "concat-v",
+            "image → video, v weighting, lr 1e-3, reference concatenated to the input",
+            ("image", "video"),
+            loss_weighting="v",
+            model={"reference_concat": True},
+        ),  # fmt: skip
+        Variant(
+            "two-v-aug",
+            "two-v + identity augmentation (p 0.8)",
+            ("image", "video"),
+            loss_weighting="v",
+            identity_augment=0.8,
+        ),  # fmt: skip
     )
 }
 
@@ -119,6 +179,7 @@ def prepare(work: Path) -> dict:
         "held_identity": split.held_identity,
         "tiers": split.tiers,
         "real_face_rate": face_rate(real),
+        **identity_anchors(split.portrait, real),
     }
     done.write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -131,8 +192,39 @@ def face_rate(frames) -> float:
     return face_found_rate(frames, FACE_SIZE)
 
 
-def trimmed_speech(source: str, seconds: float, out: Path, silent: bool = False) -> Path:
-    """The first ``seconds`` of ``source``'s audio (or silence as long) as a wav."""
+def model_portrait(portrait: str | Path, size: int = 64):
+    """The portrait as the demo's `fada generate --no-crop` feeds it to the model: centre square, size²."""
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.generate import crop_portrait
+
+    return crop_portrait(np.asarray(Image.open(portrait).convert("RGB")), size, False, 1.0, Path(portrait))
+
+
+def identity_anchors(portrait: Path, real) -> dict[str, float]:
+    """The identity measure's ceiling (the real held-out clip against its portrait) and floor (the nearest
+    training identity's portrait against it), at the demo preset's 64 px."""
+    import cv2
+    import numpy as np
+
+    from pipelines.metrics.identity import identity_scores
+
+    target = model_portrait(portrait)
+    real = np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in real])
+    ceiling = identity_scores(real, target)
+    others = sorted(p for p in Path(portrait).parent.glob("*.png") if p != Path(portrait))
+    floors = [identity_scores(model_portrait(p)[None], target) for p in others]
+    return {
+        "identity_ceiling": ceiling["identity_psnr16"],
+        "identity_floor": max(f["identity_psnr16"] for f in floors),  # the nearest wrong face
+        "colour_de_ceiling": ceiling["identity_colour_de"],
+        "colour_de_floor": min(f["identity_colour_de"] for f in floors),
+    }
+
+
+def trimmed_speech(source: str, seconds: float, out: Path, silent: bool = False, reverse: bool = False) -> Path:
+    """The first ``seconds`` of ``source``'s audio (or silence as long, or the same reversed in time) as a wav."""
     import numpy as np
     import soundfile as sf
 
@@ -140,8 +232,18 @@ def trimmed_speech(source: str, seconds: float, out: Path, silent: bool = False)
 
     if not out.is_file():
         audio = read_audio(Path(source))[: int(seconds * AUDIO_SR)]
-        sf.write(out, np.zeros_like(audio) if silent else audio, AUDIO_SR)
+        sf.write(out, np.zeros_like(audio) if silent else audio[::-1] if reverse else audio, AUDIO_SR)
     return out
+
+
+def identity_of(frames, data: dict) -> dict[str, float]:
+    from pipelines.metrics.identity import fraction_of_range, identity_scores
+
+    scores = identity_scores(frames, model_portrait(data["portrait"], frames.shape[1]))
+    scores["identity_fraction"] = fraction_of_range(
+        scores["identity_psnr16"], data["identity_floor"], data["identity_ceiling"]
+    )
+    return scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +297,7 @@ def teacher_video(checkpoint: Path, data: dict, speech: Path, out: Path):
 def evaluate_point(checkpoint: Path, data: dict, work: Path, tag: str) -> dict:
     speech = trimmed_speech(data["speech"], CURVE_SECONDS, work.parent / "speech_1s.wav")
     frames = teacher_video(checkpoint, data, speech, work / f"face_{tag}.mp4")
-    return {**x0_errors(checkpoint, data), "face_rate": face_rate(frames)}
+    return {**x0_errors(checkpoint, data), "face_rate": face_rate(frames), **identity_of(frames, data)}
 
 
 def mouth_r(checkpoint: Path, data: dict, work: Path) -> dict:
@@ -209,15 +311,22 @@ def mouth_r(checkpoint: Path, data: dict, work: Path) -> dict:
 
     speech = trimmed_speech(data["speech"], 3.0, work.parent / "speech_3s.wav")
     silence = trimmed_speech(data["speech"], 3.0, work.parent / "silence_3s.wav", silent=True)
+    reversed_speech = trimmed_speech(data["speech"], 3.0, work.parent / "reversed_3s.wav", reverse=True)
     driven = teacher_video(checkpoint, data, speech, work / "speech_driven.mp4")
     silent = teacher_video(checkpoint, data, silence, work / "silence_driven.mp4")
+    reverse = teacher_video(checkpoint, data, reversed_speech, work / "reversed_driven.mp4")
     portrait = np.asarray(Image.open(data["portrait"]).convert("RGB"))
     centre, eye = mouth_window(crop_portrait(portrait, driven.shape[1], False, 1.0, Path(data["portrait"])))
     audio = read_audio(speech)
+    identity = identity_of(driven, data)
     return {
         "r_speech": darkness_vs_speech(driven, audio, centre, eye)["r_darkness_lag0"],
         "r_silence": darkness_vs_speech(silent, audio, centre, eye)["r_darkness_lag0"],  # against the speech
+        "r_reversed": darkness_vs_speech(reverse, audio, centre, eye)["r_darkness_lag0"],  # against the speech
         "face_rate_3s": face_rate(driven),
+        "identity_psnr16_3s": identity["identity_psnr16"],
+        "identity_fraction_3s": identity["identity_fraction"],
+        "colour_de_3s": identity["identity_colour_de"],
     }
 
 
@@ -246,7 +355,8 @@ def run_variant(variant: Variant, work: Path, data: dict, minutes: float, eval_e
         batch = variant.image_batch_size if stage == "image" else variant.batch_size
         config = TeacherTrainConfig(stage=stage, lr=variant.lr, loss_weighting=variant.loss_weighting,
                                     batch_size=batch, video_trainable=variant.video_trainable, seed=0, steps=3,
-                                    ema=variant.ema, checkpoint_every=10**6)  # fmt: skip
+                                    ema=variant.ema, checkpoint_every=10**6,
+                                    identity_augment=variant.identity_augment)  # fmt: skip
         stage_end = spent + share * budget
         steps, chunk, resume = 3, 3, False
         while spent < stage_end - 1.0:
@@ -293,7 +403,8 @@ def report(work: Path, data: dict) -> None:
 
     curves = load_curves(work)
     rows = []
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    panels = ("x0_961", "x0_401", "face_rate", "identity_fraction")
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.5))
     for name, points in curves.items():
         trace = [p for p in points if not p.get("final")]
         final = next((p for p in points if p.get("final")), {})
@@ -302,19 +413,23 @@ def report(work: Path, data: dict) -> None:
             "variant": name, "description": VARIANTS[name].description, "cpu_minutes": last.get("cpu_minutes"),
             "minutes_to_face": minutes_to_face(trace), "x0_961": last.get("x0_961"), "x0_401": last.get("x0_401"),
             "copy_reference": last.get("copy_reference"), "face_rate": last.get("face_rate"),
-            "face_rate_3s": final.get("face_rate_3s"), "r_speech": final.get("r_speech"),
-            "r_silence": final.get("r_silence"), "finished": bool(final),
+            "identity_fraction": last.get("identity_fraction"), "face_rate_3s": final.get("face_rate_3s"),
+            "identity_fraction_3s": final.get("identity_fraction_3s"), "colour_de_3s": final.get("colour_de_3s"),
+            "r_speech": final.get("r_speech"), "r_silence": final.get("r_silence"),
+            "r_reversed": final.get("r_reversed"), "finished": bool(final),
         })  # fmt: skip
         x = [p["cpu_minutes"] for p in trace]
-        for ax, key in zip(axes, ("x0_961", "x0_401", "face_rate"), strict=True):
-            ax.plot(x, [p[key] for p in trace], marker="o", label=name)
-    for ax, key in zip(axes, ("x0_961", "x0_401", "face_rate"), strict=True):
+        for ax, key in zip(axes, panels, strict=True):
+            ax.plot(x, [p.get(key, float("nan")) for p in trace], marker="o", label=name)
+    for ax, key in zip(axes, panels, strict=True):
         ax.set_xlabel("CPU minutes (1 thread)")
         ax.set_title(key + (" (held-out MSE ↓)" if key.startswith("x0") else " (held-out video ↑)"))
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
     axes[2].axhline(data["real_face_rate"], color="k", ls="--", lw=1, label="real clip")
+    axes[3].axhline(1.0, color="k", ls="--", lw=1, label="real clip (ceiling)")
+    axes[3].axhline(0.75, color="g", ls=":", lw=1, label="target")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
@@ -330,11 +445,15 @@ def report(work: Path, data: dict) -> None:
         "",
         f"Demo preset, demo data (held-out {data['held_identity']}), one CPU thread per variant, seed 0. "
         f"Face rate of the real held-out clip: {data['real_face_rate']:.2f}. Minutes to a face: first curve "
-        "point with face rate ≥ 0.9.",
+        "point with face rate ≥ 0.9. Identity: `identity_psnr16` of the generated frames against the portrait "
+        "as a fraction of the way from the floor (the nearest training identity's portrait, "
+        f"{data['identity_floor']:.2f} dB) to the ceiling (the real held-out clip, {data['identity_ceiling']:.2f} dB); "
+        "target ≥ 0.75. r: mouth darkness vs the speech's energy for 3-s videos driven by the speech, by silence "
+        "and by the same speech reversed in time (each against the forward speech).",
         "",
-        "| variant | what | CPU min | min to face | x0 t=961 | x0 t=401 | copy ref | face rate 1 s | "
-        "face rate 3 s | r speech | r silence |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | what | CPU min | min to face | x0 t=961 | x0 t=401 | copy ref | face 1 s | identity 1 s | "
+        "face 3 s | identity 3 s | ΔE 3 s | r speech | r silence | r reversed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -342,8 +461,10 @@ def report(work: Path, data: dict) -> None:
             f" | {fmt(r['cpu_minutes'], '.1f')}"
             f" | {fmt(r['minutes_to_face'], '.1f')}"
             f" | {fmt(r['x0_961'], '.4f')} | {fmt(r['x0_401'], '.4f')} | {fmt(r['copy_reference'], '.4f')}"
-            f" | {fmt(r['face_rate'], '.2f')} | {fmt(r['face_rate_3s'], '.2f')} | {fmt(r['r_speech'], '.2f')}"
-            f" | {fmt(r['r_silence'], '.2f')} |"
+            f" | {fmt(r['face_rate'], '.2f')} | {fmt(r['identity_fraction'], '.2f')}"
+            f" | {fmt(r['face_rate_3s'], '.2f')} | {fmt(r['identity_fraction_3s'], '.2f')}"
+            f" | {fmt(r['colour_de_3s'], '.1f')} | {fmt(r['r_speech'], '.2f')}"
+            f" | {fmt(r['r_silence'], '.2f')} | {fmt(r['r_reversed'], '.2f')} |"
         )
     (RESULTS / "teacher_recipe.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

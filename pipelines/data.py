@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.audio import build_audio_encoder
-from pipelines.errors import FadaError, ManifestError, MediaError
+from pipelines.errors import FadaError, ManifestError, MediaError, UsageError
 from pipelines.manifest import clip_path, read_manifest
 from pipelines.media import read_audio, read_video
 from pipelines.model_config import ModelConfig
@@ -83,7 +83,11 @@ class WindowDataset(torch.utils.data.Dataset):
         num_frames: int | None = None,
         cache=None,
         memory_mb: float = CLIP_MEMORY_MB,
+        identity_augment: float = 0.0,
     ):
+        if not 0.0 <= identity_augment <= 1.0:
+            raise UsageError(f"identity_augment={identity_augment} must be a probability in [0, 1].")
+        self.identity_augment = identity_augment  # probability that an item gets `identity_transform`
         self.manifest = Path(manifest)
         self.config = model_config
         self.tiers = tuple(tiers)
@@ -180,6 +184,13 @@ class WindowDataset(torch.utils.data.Dataset):
             images, reference = to_unit_range(images), to_unit_range(reference)  # (…, 3, S, S) in [-1, 1]
         motion = torch.cat([reference[None].expand(m - (start - first), *reference.shape), images[: start - first]])
         names = LATENT_KEYS if self.cache is not None and self.cache.latent else IMAGE_KEYS
+        if self.identity_augment and rng.random() < self.identity_augment:  # drawn after the window: same keys,
+            if names is LATENT_KEYS:  # same windows with or without augmentation
+                raise UsageError(
+                    "identity_augment transforms pixels and cannot apply to cached VAE latents; "
+                    "set identity_augment=0 or train without latent_cache."
+                )
+            images, reference, motion = identity_transform([images, reference, motion], rng)
         return {
             names[0]: images[start - first :],  # (F, C, h, w)
             names[1]: reference,  # (C, h, w)
@@ -243,6 +254,50 @@ def reference_candidates(n: int, start: int, f: int, m: int) -> np.ndarray:
         if len(outside):
             return outside
     return everything
+
+
+# YIQ (NTSC) colour space: Y is luma; a rotation in the I–Q plane turns every hue by the same angle
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def identity_transform(images: Sequence[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
+    """One random change of a face's look, applied alike to every tensor in ``images`` ((…, 3, S, S) in [-1, 1]).
+
+    The demo data draws all its identities from one photograph in other colours, so a teacher can
+    memorise the training identities' colour schemes instead of copying the reference. Applied to a
+    window's target, reference and motion frames together, these transforms make a clip a new
+    identity without changing what the model must learn (copy the reference, move with the audio):
+    a hue rotation (any angle, in YIQ), a permutation of the colour channels, a contrast scale in
+    [0.8, 1.2] and a brightness shift of ±0.1 (in [0, 1] units), a horizontal flip with probability
+    ½, and a shift of up to S/32 pixels each way (edges repeated).
+    """
+    theta = rng.uniform(-np.pi, np.pi)
+    cos, sin = np.cos(theta), np.sin(theta)
+    rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    colour = _YIQ_TO_RGB @ rotation.float() @ _RGB_TO_YIQ  # (3, 3) on RGB
+    colour = colour[torch.from_numpy(rng.permutation(3))]  # output channels permuted
+    contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1)
+    flip = bool(rng.random() < 0.5)
+    size = images[0].shape[-1]
+    reach = max(1, round(size / 32))
+    dy, dx = (int(v) for v in rng.integers(-reach, reach + 1, size=2))
+    out = []
+    for x in images:
+        rgb = (x + 1) / 2  # [0, 1]
+        rgb = torch.einsum("ij,...jhw->...ihw", colour.to(rgb.dtype), rgb)
+        rgb = (rgb - 0.5) * contrast + 0.5 + brightness
+        y = (rgb.clamp(0, 1) * 2 - 1).to(x.dtype)
+        if flip:
+            y = y.flip(-1)
+        if dx or dy:
+            lead = y.shape[:-3]
+            flat = y.reshape(-1, *y.shape[-3:])  # (N, 3, S, S)
+            padded = F.pad(flat, (reach, reach, reach, reach), mode="replicate")
+            flat = padded[..., reach + dy : reach + dy + size, reach + dx : reach + dx + size]
+            y = flat.reshape(*lead, *flat.shape[-3:])
+        out.append(y.contiguous())
+    return out
 
 
 def to_unit_range(frames: torch.Tensor) -> torch.Tensor:

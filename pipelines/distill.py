@@ -286,7 +286,7 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
     # 3. the frozen teacher solves the window (Eq. 2): multi-CFG (fast) or the dropped conditions (balanced)
     with torch.no_grad():
         tokens = teacher.audio_tokens(batch["audio_features"])  # (B, F, N, D)
-        reference = None if bool(drop_reference.all()) else teacher.reference_features(reference_latent, motion_latents)
+        reference = teacher.condition_reference(reference_latent, motion_latents, drop_reference)
 
         def teacher_eps(z, index):
             if fast:

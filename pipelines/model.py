@@ -33,6 +33,7 @@ from pipelines.attention import (
 from pipelines.audio import AudioProjection
 from pipelines.errors import InputFileError, UsageError
 from pipelines.model_config import ModelConfig
+from pipelines.schedulers import alpha_bar_at, eps_from_x0, sd15_alphas_cumprod
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,22 @@ class ReferenceFeatures:
     """Hidden states entering each self-attention of the reference net, for B clips.
 
     `features[layer]` is (B, (1+M)·L, C): the reference image and the M motion frames side by side.
+    `latent` (B, C, h, w) is the reference latent itself, kept for a model that reads it directly
+    (`ModelConfig.uses_reference_latent`: the residual skip, input concatenation); `features` may then
+    be empty (every sample's reference attention dropped).
     """
 
     features: dict[str, torch.Tensor]
     batch_size: int
+    latent: torch.Tensor | None = None
 
     def tile(self, repeats: int) -> ReferenceFeatures:
         """The same features for `repeats`·B samples, laid out as `torch.cat([x] * repeats)`."""
         if repeats == 1:
             return self
+        latent = None if self.latent is None else self.latent.repeat(repeats, 1, 1, 1)
         return ReferenceFeatures(
-            {k: v.repeat(repeats, 1, 1) for k, v in self.features.items()}, self.batch_size * repeats
+            {k: v.repeat(repeats, 1, 1) for k, v in self.features.items()}, self.batch_size * repeats, latent
         )
 
 
@@ -96,6 +102,7 @@ class FadaModel(torch.nn.Module):
         attach_temporal_layers(denoising_unet, temporal_layers)
         self._time_shift = _TimeEmbedShift()
         denoising_unet.time_embedding.register_forward_hook(self._time_shift)
+        self._schedule: torch.Tensor | None = None  # ᾱ on the model's device (`_alphas_cumprod`)
         self.nfe_counter = 0  # denoising-net evaluations, one per distinct condition state per call (NFE-D)
         self.denoising_net_calls = 0  # forward passes of the denoising net
         self.reference_net_calls = 0  # forward passes of the reference net
@@ -109,9 +116,10 @@ class FadaModel(torch.nn.Module):
         The reference net starts as an exact copy of the denoising net, as both do when they are
         initialised from the same SD1.5 UNet (`from_pretrained_sd`; SPEC §3b).
         """
-        denoising_unet = build_unet(config)
+        denoising_unet = build_unet(config, config.denoising_in_channels)
         reference_unet = build_unet(config)
-        reference_unet.load_state_dict(denoising_unet.state_dict())
+        reference_unet.load_state_dict(_reference_view(denoising_unet.state_dict(), config))
+        init_reference_inputs(denoising_unet, config)
         temporal = TemporalLayers(
             channels=TemporalLayers.channels_of(denoising_unet),
             num_heads=config.temporal_heads,
@@ -139,9 +147,10 @@ class FadaModel(torch.nn.Module):
         model = cls.from_config(config)
         sd_path = Path(sd_path)
         unet_state = _load_pretrained(UNet2DConditionModel, sd_path / "unet").state_dict()
-        _check_shapes(unet_state, model.denoising_unet.state_dict(), sd_path / "unet", config)
+        _check_shapes(unet_state, model.reference_unet.state_dict(), sd_path / "unet", config)
         model.reference_unet.load_state_dict(unet_state)
-        model.denoising_unet.load_state_dict(unet_state)
+        model.denoising_unet.load_state_dict(_widen_conv_in(unet_state, config))
+        init_reference_inputs(model.denoising_unet, config)
         if config.latent_codec == "vae":
             vae_state = _load_pretrained(AutoencoderKL, sd_path / "vae").state_dict()
             _check_shapes(vae_state, model.vae.state_dict(), sd_path / "vae", config)
@@ -236,12 +245,25 @@ class FadaModel(torch.nn.Module):
         (the reference repeated `config.motion_frames` times). The caller caches the result.
         """
         b = reference_latent.shape[0]
+        latent = reference_latent if self.config.uses_reference_latent else None
         if motion_latents is None:  # the net sees each image alone: run it once and repeat its features
             features = self._run_reference_net(reference_latent[:, None])  # (B, L, C) per layer
             n_images = 1 + self.config.motion_frames
-            return ReferenceFeatures({name: h.repeat(1, n_images, 1) for name, h in features.items()}, b)
+            return ReferenceFeatures({name: h.repeat(1, n_images, 1) for name, h in features.items()}, b, latent)
         images = torch.cat([reference_latent[:, None], motion_latents], dim=1)  # (B, 1+M, C, h, w)
-        return ReferenceFeatures(self._run_reference_net(images), b)
+        return ReferenceFeatures(self._run_reference_net(images), b, latent)
+
+    def condition_reference(self, reference_latent, motion_latents, drop_reference) -> ReferenceFeatures | None:
+        """The reference condition of a batch whose per-sample drops are ``drop_reference`` (B,) bool.
+
+        The reference net runs unless every sample's reference is dropped; then a model that reads the
+        reference latent itself still gets it (features empty), and any other model gets None.
+        """
+        if not bool(torch.as_tensor(drop_reference).all()):
+            return self.reference_features(reference_latent, motion_latents)
+        if self.config.uses_reference_latent:
+            return ReferenceFeatures({}, reference_latent.shape[0], reference_latent)
+        return None
 
     def _run_reference_net(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, n, C, h, w) clean latents → layer name → (B, n·L, C): the attn1 inputs of the n images side by side."""
@@ -285,7 +307,8 @@ class FadaModel(torch.nn.Module):
         device = noisy.device
         drop_audio = torch.as_tensor(drop_audio, dtype=torch.bool, device=device).reshape(b)
         drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=device).reshape(b)
-        if reference_features is None:
+        reference_latent = self._reference_latent(reference_features, b)  # (B, C, h, w) or None
+        if reference_features is None or not reference_features.features:
             drop_reference = torch.ones_like(drop_reference)
 
         # 1. audio tokens, null where dropped, frames folded into the batch
@@ -305,18 +328,43 @@ class FadaModel(torch.nn.Module):
         # 3. student CFG conditioning (Eq. 10 tokens, scale-MLP tokens or a timestep-embedding shift)
         self._condition_on_cfg(state, cfg_scales, b, f, device)
 
-        # 4. one denoising-net forward over B·F frames
+        # 4. one denoising-net forward over B·F frames (the reference latent on extra input channels)
         timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=device).reshape(-1).expand(b)
         sample = noisy.reshape(b * f, *noisy.shape[2:]).to(self.dtype)  # (B·F, C, h, w)
+        if self.config.reference_concat:
+            shown = torch.where(drop_reference[:, None, None, None], 0.0, reference_latent).to(self.dtype)
+            sample = torch.cat([sample, shown.repeat_interleave(f, dim=0)], dim=1)  # (B·F, 2C, h, w)
         try:
-            eps = self.denoising_unet(
+            out = self.denoising_unet(
                 sample, timesteps.repeat_interleave(f), tokens, cross_attention_kwargs={"fada": state}
             ).sample
         finally:
             self._time_shift.shift = None
         self.denoising_net_calls += 1
         self.nfe_counter += len(set(zip(drop_audio.tolist(), drop_reference.tolist(), strict=True)))
-        return eps.reshape(b, f, *eps.shape[1:])  # (B, F, C, h, w)
+        out = out.reshape(b, f, *out.shape[1:])  # (B, F, C, h, w)
+        if self.config.prediction_type == "epsilon":
+            return out
+        # 5. reference_residual: x̂0 = reference + output, in every branch (the skip is never dropped)
+        x0 = reference_latent[:, None].to(torch.float32) + out.float()  # (B, F, C, h, w)
+        alpha_bar = alpha_bar_at(self._alphas_cumprod(device), timesteps)  # (B,)
+        return eps_from_x0(noisy.float(), x0, alpha_bar).to(out.dtype)
+
+    def _alphas_cumprod(self, device) -> torch.Tensor:
+        """ᾱ of the model's noise schedule (SD1.5), float32 on ``device``, kept per device."""
+        if self._schedule is None or self._schedule.device != torch.device(device):
+            self._schedule = sd15_alphas_cumprod(torch.float32).to(device)
+        return self._schedule
+
+    def _reference_latent(self, reference_features: ReferenceFeatures | None, b: int) -> torch.Tensor | None:
+        if not self.config.uses_reference_latent:
+            return None
+        if reference_features is None or reference_features.latent is None:
+            raise ValueError(
+                f"prediction_type={self.config.prediction_type!r}, reference_concat={self.config.reference_concat}: "
+                "this model reads the reference latent; pass `condition_reference(...)`'s features, not None"
+            )
+        return _tile(reference_features.latent, b, "reference latent")
 
     def denoise_multi_cfg(self, noisy, timesteps, audio_tokens, reference_features, cfg_scales=None):
         """(ε_a, ε_r, ε_b) for B clips from ONE forward of batch 3B (SPEC §4, Eq. 9 inputs; NFE += 3)."""
@@ -350,7 +398,7 @@ class FadaModel(torch.nn.Module):
     ):
         """Training forward: reference features + audio tokens + `denoise` (reference net skipped if all dropped)."""
         drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=noisy.device)
-        reference = None if bool(drop_reference.all()) else self.reference_features(reference_latent, motion_latents)
+        reference = self.condition_reference(reference_latent, motion_latents, drop_reference)
         tokens = self.audio_tokens(audio_features)
         return self.denoise(noisy, timesteps, tokens, reference, drop_audio, drop_reference, cfg_scales)
 
@@ -373,11 +421,15 @@ class FadaModel(torch.nn.Module):
 # --- builders -------------------------------------------------------------------------------------
 
 
-def build_unet(config: ModelConfig) -> UNet2DConditionModel:
-    """A `UNet2DConditionModel` of the config's shape (SD1.5 defaults for everything else)."""
+def build_unet(config: ModelConfig, in_channels: int | None = None) -> UNet2DConditionModel:
+    """A `UNet2DConditionModel` of the config's shape (SD1.5 defaults for everything else).
+
+    ``in_channels``: None for the latent channels (the reference net); the denoising net passes
+    `ModelConfig.denoising_in_channels`.
+    """
     return UNet2DConditionModel(
         sample_size=config.latent_size,
-        in_channels=config.latent_channels,
+        in_channels=config.latent_channels if in_channels is None else in_channels,
         out_channels=config.latent_channels,
         down_block_types=config.down_block_types,
         up_block_types=config.up_block_types,
@@ -419,6 +471,35 @@ def build_cfg_conditioning(config: ModelConfig, denoising_unet: UNet2DConditionM
         heads=[a.heads for a in layers],
         time_embed_dim=denoising_unet.time_embedding.linear_2.out_features,
     )
+
+
+def init_reference_inputs(unet: UNet2DConditionModel, config: ModelConfig) -> None:
+    """Start the reference-latent inputs at zero, so they change nothing until trained.
+
+    ``reference_concat``: conv_in's weights on the concatenated reference channels;
+    ``reference_residual``: conv_out, so the untrained net predicts x̂0 = the reference (the portrait).
+    """
+    with torch.no_grad():
+        if config.reference_concat:
+            unet.conv_in.weight[:, config.latent_channels :].zero_()
+        if config.prediction_type == "reference_residual":
+            unet.conv_out.weight.zero_()
+            unet.conv_out.bias.zero_()
+
+
+def _reference_view(state: dict, config: ModelConfig) -> dict:
+    """The denoising net's weights as the reference net takes them: conv_in without the concatenated channels."""
+    if not config.reference_concat:
+        return state
+    return state | {"conv_in.weight": state["conv_in.weight"][:, : config.latent_channels]}
+
+
+def _widen_conv_in(state: dict, config: ModelConfig) -> dict:
+    """A plain UNet's weights for the denoising net: conv_in gains (zero) reference channels when concatenated."""
+    if not config.reference_concat:
+        return state
+    weight = state["conv_in.weight"]  # (out, C, 3, 3)
+    return state | {"conv_in.weight": torch.cat([weight, torch.zeros_like(weight)], dim=1)}
 
 
 def freeze_reference_tail(unet: UNet2DConditionModel) -> None:

@@ -26,6 +26,7 @@ from pipelines.errors import UsageError
 LATENT_CODECS = ("none", "vae")
 AUDIO_ENCODERS = ("mel", "wav2vec2")
 CFG_CONDITIONINGS = ("none", "tokens", "layer", "time-embed")
+PREDICTION_TYPES = ("epsilon", "reference_residual")  # what the denoising net's output means (see the field)
 MEL_SUBFRAMES = 4  # log-mel frames per video frame (hop 160 samples = 10 ms at 16 kHz, 40 ms per frame)
 
 
@@ -62,6 +63,13 @@ class ModelConfig:
     audio_window: int = 2  # frames each side of a video frame whose features it sees (W = 2·window + 1)
     audio_tokens: int = 4  # N: audio tokens per video frame
     audio_hidden_dim: int = 64  # width of the hidden layer of the audio projection MLP
+    # --- reference conditioning (SPEC §3c); the paper's path is reference attention alone ---
+    prediction_type: str = "epsilon"  # 'epsilon': the net predicts ε (the paper); 'reference_residual': it
+    # predicts x0 − reference latent, from which `FadaModel.denoise` derives ε; the reference is the skip of
+    # every CFG branch, so an untrained net (zero conv_out) returns the portrait and reference CFG scales
+    # only what the reference attention adds (a departure from the paper, demo preset only)
+    reference_concat: bool = False  # concatenate the reference latent to each frame's noisy input channels
+    # (image-to-video style; conv_in's reference half starts at zero; zeros where the reference is dropped)
     # --- conditions (SPEC §3) ---
     p_drop_audio: float = 0.10  # training: probability of dropping the audio alone (null audio tokens)
     p_drop_both: float = 0.05  # training: probability of dropping audio and reference together
@@ -74,6 +82,7 @@ class ModelConfig:
         _check_choice("latent_codec", self.latent_codec, LATENT_CODECS)
         _check_choice("audio_encoder", self.audio_encoder, AUDIO_ENCODERS)
         _check_choice("cfg_conditioning", self.cfg_conditioning, CFG_CONDITIONINGS)
+        _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         if len(self.down_block_types) != len(self.block_out_channels) or len(self.up_block_types) != len(
             self.block_out_channels
         ):
@@ -112,6 +121,16 @@ class ModelConfig:
     def latent_size(self) -> int:
         """Side h = w of the latents."""
         return self.sample_size // self.latent_downsample
+
+    @property
+    def denoising_in_channels(self) -> int:
+        """Input channels of the denoising net: the noisy latent, plus the reference latent when concatenated."""
+        return self.latent_channels * (2 if self.reference_concat else 1)
+
+    @property
+    def uses_reference_latent(self) -> bool:
+        """Whether the denoising net reads the reference latent itself (residual skip or input concatenation)."""
+        return self.prediction_type == "reference_residual" or self.reference_concat
 
     @property
     def audio_window_size(self) -> int:

@@ -76,6 +76,22 @@ def add_noise(z0, eps, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.T
     return (a**0.5 * z0 + (1 - a) ** 0.5 * eps).to(z0.dtype)
 
 
+def alpha_bar_at(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """ᾱ at network timesteps (B,) float: ᾱ[τ] at an integer τ (the teacher's DDPM/DDIM index), linear
+    between neighbours at a fractional one (a student's 1000·t), τ clamped to [0, 999]."""
+    index = timesteps.to(alphas_cumprod.device, alphas_cumprod.dtype).clamp(0, len(alphas_cumprod) - 1)
+    low = index.floor().long()
+    high = (low + 1).clamp(max=len(alphas_cumprod) - 1)
+    return torch.lerp(alphas_cumprod[low], alphas_cumprod[high], index - low)
+
+
+def eps_from_x0(z: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The ε that takes x0 to z at noise level ᾱ (per sample, (B,)): ε = (z − √ᾱ·x0)/√(1−ᾱ), the
+    inverse of `add_noise` (DDPM, Ho et al. 2020, Eq. 4); in `schedule_dtype`."""
+    a = fada_math.per_sample(alpha_bar, z, schedule_dtype(z))
+    return (z - a**0.5 * x0) / (1 - a) ** 0.5
+
+
 class DDIMSampler:
     """The teacher's sampler: ``num_steps`` DDIM steps (η = 0) over the SD1.5 schedule."""
 

@@ -69,6 +69,8 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (torch) | adamw8bit (bitsandbytes; 8-bit moments, about 1/4 the state)
     num_workers: int | None = None  # DataLoader worker processes per process; None: 0 on the CPU, else up to 4
     latent_cache: str | None = None  # folder of the latent cache (`pipelines.latent_cache`); None: decode clips
+    identity_augment: float = 0.0  # probability that a window gets `data.identity_transform` (colours, flip,
+    # shift; the same on its target, reference and motion frames), so identities' colours cannot be memorised
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum}
@@ -92,6 +94,8 @@ class TrainConfig:
             raise UsageError(f"--warmup-steps {self.warmup_steps!r} is not valid; use a whole number >= 0.")
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
             raise UsageError(f"--num-workers {self.num_workers!r} is not valid; use a whole number >= 0.")
+        if not 0.0 <= self.identity_augment <= 1.0:
+            raise UsageError(f"identity_augment {self.identity_augment} is not valid; use a probability in [0, 1].")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer {self.optimizer!r} is not valid; use {' or '.join(OPTIMIZERS)}.")
 
@@ -448,7 +452,8 @@ def set_up_loop(out: Path, info, manifest: Path, model_config: ModelConfig, conf
         raise UsageError(f"{out} is already at step {start_step} >= --steps {config.steps}; pass more --steps.")
     accelerator = make_accelerator(device, config)
     rank, world = accelerator.process_index, accelerator.num_processes
-    dataset = WindowDataset(manifest, model_config, config.tiers, num_frames=num_frames)
+    dataset = WindowDataset(manifest, model_config, config.tiers, num_frames=num_frames,
+                            identity_augment=config.identity_augment)  # fmt: skip
     return LoopSetup(start_step, accelerator, accelerator.device, rank, world, dataset,
                      WindowSampler(len(dataset), config.seed))  # fmt: skip
 
