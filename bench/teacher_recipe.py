@@ -42,7 +42,7 @@ RESULTS = BENCH / "results"
 T_EVAL = (961, 701, 401)
 EVAL_WINDOWS = 4
 FACE_SIZE = 256  # frames are upscaled to this side before face detection
-CURVE_SECONDS = 1.0  # speech of the face-rate video
+CURVE_SECONDS = 2.0  # speech of the curve video (face rate, identity, mouth r)
 CURVE_STEPS = 10  # DDIM steps of the curve videos (the final r videos too)
 
 
@@ -295,13 +295,14 @@ def teacher_video(checkpoint: Path, data: dict, speech: Path, out: Path):
 
 
 def evaluate_point(checkpoint: Path, data: dict, work: Path, tag: str) -> dict:
-    speech = trimmed_speech(data["speech"], CURVE_SECONDS, work.parent / "speech_1s.wav")
+    speech = trimmed_speech(data["speech"], CURVE_SECONDS, work.parent / f"speech_{CURVE_SECONDS:g}s.wav")
     frames = teacher_video(checkpoint, data, speech, work / f"face_{tag}.mp4")
-    return {**x0_errors(checkpoint, data), "face_rate": face_rate(frames), **identity_of(frames, data)}
+    return {**x0_errors(checkpoint, data), "face_rate": face_rate(frames), **identity_of(frames, data),
+            "r_speech": mouth_darkness_r(frames, speech, data)}  # fmt: skip
 
 
-def mouth_r(checkpoint: Path, data: dict, work: Path) -> dict:
-    """r of mouth darkness vs speech RMS for 3-s videos driven by the held-out speech and by silence."""
+def mouth_darkness_r(frames, speech: Path, data: dict) -> float:
+    """Mouth darkness (a fixed window from the portrait) vs the speech's RMS per frame, Pearson r at lag 0."""
     import numpy as np
     from mouth_region_evidence import darkness_vs_speech, mouth_window
     from PIL import Image
@@ -309,20 +310,25 @@ def mouth_r(checkpoint: Path, data: dict, work: Path) -> dict:
     from pipelines.generate import crop_portrait
     from pipelines.media import read_audio
 
+    portrait = np.asarray(Image.open(data["portrait"]).convert("RGB"))
+    centre, eye = mouth_window(crop_portrait(portrait, frames.shape[1], False, 1.0, Path(data["portrait"])))
+    return darkness_vs_speech(frames, read_audio(speech), centre, eye)["r_darkness_lag0"]
+
+
+def mouth_r(checkpoint: Path, data: dict, work: Path) -> dict:
+    """r of mouth darkness vs speech RMS for 3-s videos driven by the held-out speech, by silence and by the
+    speech reversed in time; the face rate and identity of the speech-driven one."""
     speech = trimmed_speech(data["speech"], 3.0, work.parent / "speech_3s.wav")
     silence = trimmed_speech(data["speech"], 3.0, work.parent / "silence_3s.wav", silent=True)
     reversed_speech = trimmed_speech(data["speech"], 3.0, work.parent / "reversed_3s.wav", reverse=True)
     driven = teacher_video(checkpoint, data, speech, work / "speech_driven.mp4")
     silent = teacher_video(checkpoint, data, silence, work / "silence_driven.mp4")
     reverse = teacher_video(checkpoint, data, reversed_speech, work / "reversed_driven.mp4")
-    portrait = np.asarray(Image.open(data["portrait"]).convert("RGB"))
-    centre, eye = mouth_window(crop_portrait(portrait, driven.shape[1], False, 1.0, Path(data["portrait"])))
-    audio = read_audio(speech)
     identity = identity_of(driven, data)
-    return {
-        "r_speech": darkness_vs_speech(driven, audio, centre, eye)["r_darkness_lag0"],
-        "r_silence": darkness_vs_speech(silent, audio, centre, eye)["r_darkness_lag0"],  # against the speech
-        "r_reversed": darkness_vs_speech(reverse, audio, centre, eye)["r_darkness_lag0"],  # against the speech
+    return {  # each r against the forward speech
+        "r_speech": mouth_darkness_r(driven, speech, data),
+        "r_silence": mouth_darkness_r(silent, speech, data),
+        "r_reversed": mouth_darkness_r(reverse, speech, data),
         "face_rate_3s": face_rate(driven),
         "identity_psnr16_3s": identity["identity_psnr16"],
         "identity_fraction_3s": identity["identity_fraction"],
