@@ -34,11 +34,12 @@ from pipelines.errors import InputFileError, ManifestError, UsageError
 from pipelines.faces import FaceMeshTracker
 from pipelines.manifest import clip_path, read_manifest
 from pipelines.media import probe_video, read_audio, read_video
-from pipelines.metrics import extractors, mouth_window, proxies
+from pipelines.metrics import extractors, identity, mouth_window, proxies
 from pipelines.metrics.frechet import frechet_distance_of_features
 from pipelines.progress import log, make_progress
 
 SETS = ("generated", "reference")
+IDENTITY_COLUMNS = ("identity_psnr16", "identity_colour_de")
 FID_STABLE_FRAMES = 2048  # SPEC §6: fewer Inception frames do not give a stable FID
 WEIGHT_OPTIONS = {
     "fid": "inception_weights",
@@ -160,21 +161,44 @@ def load_extractors(config: EvalConfig) -> LoadedExtractors:
 # 3. one video
 
 
-def read_nfe(video: Path) -> tuple[float | None, str]:
-    """NFE-D from the generation stats ``VIDEO.json`` beside the video: (nfe, note)."""
+def read_stats(video: Path) -> dict | None:
+    """The generation stats ``VIDEO.json`` beside the video (None when there is none)."""
     stats = video.with_suffix(".json")
     if not stats.is_file():
-        return None, f"no stats file {stats.name}"
+        return None
     try:
         payload = json.loads(stats.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputFileError(
             f"generation stats {stats} is not valid JSON ({exc}); regenerate it with `fada generate`."
         ) from exc
-    nfe = payload.get("nfe") if isinstance(payload, dict) else None
+    return payload if isinstance(payload, dict) else {}
+
+
+def read_nfe(video: Path) -> tuple[float | None, str]:
+    """NFE-D from the generation stats ``VIDEO.json`` beside the video: (nfe, note)."""
+    payload = read_stats(video)
+    if payload is None:
+        return None, f"no stats file {video.with_suffix('.json').name}"
+    nfe = payload.get("nfe")
     if not isinstance(nfe, int | float) or isinstance(nfe, bool):
-        return None, f"{stats.name} has no numeric 'nfe' field"
+        return None, f"{video.with_suffix('.json').name} has no numeric 'nfe' field"
     return float(nfe), ""
+
+
+def read_given_portrait(video: Path) -> tuple[np.ndarray | None, str]:
+    """The square of the portrait the model saw when it generated ``video``, from its stats JSON
+    (``portrait``, ``portrait_box``): (RGB uint8, "") or (None, why not)."""
+    payload = read_stats(video) or {}
+    path, box = payload.get("portrait"), payload.get("portrait_box")
+    if not path or not box:
+        return None, "the stats JSON names no portrait file (generate with `fada generate --image PATH`)"
+    if not Path(path).is_file():
+        return None, f"the portrait {path} named by the stats JSON is gone"
+    from pipelines.generate import cut_portrait, read_portrait
+
+    rgb = read_portrait(Path(path))
+    return cut_portrait(rgb, tuple(box), int(box[2])), ""
 
 
 @dataclass(frozen=True)
@@ -255,6 +279,17 @@ def paired_scores(generated: VideoAnalysis, reference: VideoAnalysis, lpips_read
     """Full-reference scores of a generated video against its reference: psnr, ssim (and lpips)."""
     metrics = ("psnr", "ssim", "lpips") if lpips_ready else ("psnr", "ssim")
     return quality.full_reference(generated.frames, reference.frames, metrics)
+
+
+def identity_rows(video: Path, generated: VideoAnalysis, reference: VideoAnalysis) -> tuple[dict, dict, str]:
+    """Identity scores (`metrics.identity`) of the generated video and of its reference video, both against
+    the portrait the generated one was made from: (generated row, reference row, note)."""
+    portrait, why = read_given_portrait(video)
+    if portrait is None:
+        empty = dict.fromkeys(IDENTITY_COLUMNS, math.nan)
+        return empty, dict(empty), f"identity: {why}"
+    own, ceiling = (identity.identity_scores(video.frames, portrait) for video in (generated, reference))
+    return own, ceiling, ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +409,10 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
         results.append(
             unavailable("lpips", "videos", "lower", "LPIPS weights in the local caches", loaded.lpips_problem)
         )
+    # identity: each generated video against the portrait it was given; on the reference set, its real
+    # clip against the same portrait (a ceiling with real head motion and mouth)
+    results.append(per_video_metric("identity_psnr16", df, "identity_psnr16", "higher", identity.EXTRACTOR))
+    results.append(per_video_metric("identity_colour_de", df, "identity_colour_de", "lower", identity.EXTRACTOR))
     # Sync-D / Sync-C (SyncNet) and the weight-free proxy
     if loaded.syncnet is not None:
         results.append(per_video_metric("sync_d", df, "sync_dist", "lower", loaded.syncnet.name, loaded.syncnet.sha256))
@@ -472,6 +511,11 @@ def evaluate(
             generated_video = analyse_video(videos["generated"][stem], loaded, config, with_nfe=True,
                                             portrait=reference_video.still)  # fmt: skip
             generated_video.row.update(paired_scores(generated_video, reference_video, loaded.lpips_problem is None))
+            own, ceiling, note = identity_rows(videos["generated"][stem], generated_video, reference_video)
+            generated_video.row.update(own)
+            reference_video.row.update(ceiling)
+            if note:
+                generated_video.row["notes"] = "; ".join(filter(None, [generated_video.row["notes"], note]))
             progress.advance(task)
             for s, analysis in (("generated", generated_video), ("reference", reference_video)):
                 rows[s].append({"set": s, "stem": stem, **analysis.row})

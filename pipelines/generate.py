@@ -87,6 +87,8 @@ class GenerationStats:
     peak_memory_source: str  # cuda_max_allocated (GPU) or process_peak_rss (CPU, whole process)
     device: str  # torch device used
     dtype: str  # model dtype
+    portrait: str | None = None  # the portrait's file (absolute), when one was given by path
+    portrait_box: tuple[int, int, int] | None = None  # (x0, y0, side) of the square of it the model saw
 
 
 # --- sampling strategies ----------------------------------------------------------------------
@@ -192,19 +194,28 @@ def image_to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def crop_portrait(rgb: np.ndarray, size: int, crop: bool, scale: float, path: Path | str) -> np.ndarray:
-    """A square face-centred window (or the centre square with ``crop=False``) resized to size²."""
+def portrait_box(rgb: np.ndarray, crop: bool, scale: float, path: Path | str) -> tuple[int, int, int]:
+    """(x0, y0, side) of the square the model sees: face-centred, or the centre square with ``crop=False``."""
     height, width = rgb.shape[:2]
     if crop:
         faces = detect_faces(rgb)
         if not faces:
             raise MediaError(f"no face found in {path}; use a frontal portrait or --no-crop.")
-        x0, y0, side = square_crop_box(faces[0], width, height, scale=scale)
-    else:
-        side = min(width, height)
-        x0, y0 = (width - side) // 2, (height - side) // 2
+        return square_crop_box(faces[0], width, height, scale=scale)
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def cut_portrait(rgb: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """The square ``box`` = (x0, y0, side) of ``rgb`` resized to size² (Lanczos) → (size, size, 3) uint8."""
+    x0, y0, side = box
     window = Image.fromarray(rgb[y0 : y0 + side, x0 : x0 + side])
-    return np.array(window.resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)  # (size, size, 3)
+    return np.array(window.resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def crop_portrait(rgb: np.ndarray, size: int, crop: bool, scale: float, path: Path | str) -> np.ndarray:
+    """A square face-centred window (or the centre square with ``crop=False``) resized to size²."""
+    return cut_portrait(rgb, portrait_box(rgb, crop, scale, path), size)
 
 
 def read_speech(path: Path, quiet: bool) -> np.ndarray:

@@ -39,9 +39,10 @@ from pipelines.generate import (
     SamplingStrategy,
     check_config,
     checkpoint_strategy,
-    crop_portrait,
+    cut_portrait,
     image_to_rgb,
     peak_memory,
+    portrait_box,
     read_portrait,
     read_speech,
     stats_path,
@@ -208,7 +209,9 @@ class FadaPipeline:
                 for frames in run:
                     writer.write(frames)
                     yield writer.frames_written, total
-            stats = replace(run.stats, video=str(out_mp4), streamed=stream, seconds=time.perf_counter() - started)
+            path = str(Path(image).absolute()) if isinstance(image, str | Path) else None
+            stats = replace(run.stats, video=str(out_mp4), streamed=stream, seconds=time.perf_counter() - started,
+                            portrait=path)  # fmt: skip
             stats = replace(stats, seconds_per_video_second=stats.seconds / stats.audio_seconds)
             write_json_atomic(stats_path(out_mp4), asdict(stats))
             return stats, speech
@@ -235,7 +238,8 @@ class FadaPipeline:
             config = replace(config, cfg_audio=0.0)
         steps, frames_per_clip, motion_frames = check_config(config, model, strategy)
         scheduler = strategy.make_scheduler(steps)
-        portrait = crop_portrait(portrait_rgb, model.config.sample_size, config.crop, config.crop_scale, name)
+        box = portrait_box(portrait_rgb, config.crop, config.crop_scale, name)
+        portrait = cut_portrait(portrait_rgb, box, model.config.sample_size)
 
         # 2. the reference latent; the first clip's motion frames are the reference repeated
         with torch.no_grad():
@@ -337,5 +341,6 @@ class FadaPipeline:
             peak_memory_source=memory_source,
             device=str(device),
             dtype=str(self.dtype).removeprefix("torch."),
+            portrait_box=tuple(int(v) for v in box),
         )
         return stats, speech

@@ -158,3 +158,34 @@ def test_eval_with_syncnet_weights(sets, tmp_path):
         assert metrics[name].status == "ok" and metrics[name].n == 2
         assert metrics[name].extractor_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert metrics["sync_d"].value > 0 and metrics["sync_c"].value >= 0
+
+
+def test_eval_identity_against_the_portrait_each_video_was_given(sets):
+    """identity_psnr16 / identity_colour_de: a clip against its own identity's portrait scores higher than a
+    clip against another identity's portrait; the reference set (the real clip) is the ceiling."""
+    from PIL import Image
+
+    truth = pd.read_parquet(sets["root"] / "ref" / "truth.parquet").set_index("clip_id")
+    identities = sets["root"] / "ref" / "identities"
+    generated = sets["root"] / "gen_identity"
+    generated.mkdir()
+    wrong_identity = next(i for i in truth["identity"].unique() if i != truth.loc["demo_0001", "identity"])
+    given = {"demo_0000": truth.loc["demo_0000", "identity"], "demo_0001": wrong_identity, "demo_0002": None}
+    for stem, ident in given.items():
+        shutil.copy(sets["root"] / "ref" / "clips" / f"{stem}.mp4", generated / f"{stem}.mp4")
+        stats = {"nfe": 6}
+        if ident is not None:
+            portrait = identities / f"{ident}.png"
+            side = min(Image.open(portrait).size)
+            stats |= {"portrait": str(portrait), "portrait_box": [0, 0, side]}
+        (generated / f"{stem}.json").write_text(json.dumps(stats))
+    report = evaluate(generated, sets["ref"], sets["root"] / "out_identity", EvalConfig(iqa_metric=None), quiet=True)
+    rows = report.per_video.set_index(["set", "stem"])
+    psnr = rows["identity_psnr16"]
+    assert psnr[("generated", "demo_0000")] > psnr[("generated", "demo_0001")] + 3
+    assert psnr[("generated", "demo_0000")] == pytest.approx(psnr[("reference", "demo_0000")])  # the same clip
+    assert rows["identity_colour_de"][("generated", "demo_0000")] < rows["identity_colour_de"][("generated", "demo_0001")]
+    assert pd.isna(psnr[("generated", "demo_0002")])
+    assert "names no portrait" in rows["notes"][("generated", "demo_0002")]
+    metric = {m.name: m for m in report.metrics}["identity_psnr16"]
+    assert metric.status == "ok" and metric.n == 2 and metric.better == "higher"

@@ -21,6 +21,7 @@ import numpy as np
 from skimage.color import rgb2lab
 
 IDENTITY_SIZE = 16  # side of the coarse images compared
+EXTRACTOR = "portrait vs frames at 16×16 (area), weight-free"
 FACE_REGION = slice(IDENTITY_SIZE // 4, 3 * IDENTITY_SIZE // 4)  # the middle half, rows and columns
 
 
