@@ -184,7 +184,8 @@ def test_eval_identity_against_the_portrait_each_video_was_given(sets):
     psnr = rows["identity_psnr16"]
     assert psnr[("generated", "demo_0000")] > psnr[("generated", "demo_0001")] + 3
     assert psnr[("generated", "demo_0000")] == pytest.approx(psnr[("reference", "demo_0000")])  # the same clip
-    assert rows["identity_colour_de"][("generated", "demo_0000")] < rows["identity_colour_de"][("generated", "demo_0001")]
+    colour = rows["identity_colour_de"]
+    assert colour[("generated", "demo_0000")] < colour[("generated", "demo_0001")]
     assert pd.isna(psnr[("generated", "demo_0002")])
     assert "names no portrait" in rows["notes"][("generated", "demo_0002")]
     metric = {m.name: m for m in report.metrics}["identity_psnr16"]

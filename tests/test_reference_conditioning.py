@@ -129,8 +129,20 @@ def still_manifest(tmp_path_factory):
     write_video(folder / "still.mp4", np.repeat(frame[None], 25, axis=0), audio=rng.standard_normal(16_000) * 0.1)
     import pandas as pd
 
-    row = {"clip_id": "still", "video_path": "still.mp4", "fps": 25.0, "n_frames": 25, "width": 32, "height": 32,
-           "audio_sr": 16_000, "duration_s": 1.0, "source": "still.mp4", "start_s": 0.0, "end_s": 1.0, "tier": "A"}
+    row = {
+        "clip_id": "still",
+        "video_path": "still.mp4",
+        "fps": 25.0,
+        "n_frames": 25,
+        "width": 32,
+        "height": 32,
+        "audio_sr": 16_000,
+        "duration_s": 1.0,
+        "source": "still.mp4",
+        "start_s": 0.0,
+        "end_s": 1.0,
+        "tier": "A",
+    }
     write_manifest(pd.DataFrame([row]), folder / "manifest.parquet", "test")  # fmt: skip
     return folder / "manifest.parquet"
 
@@ -155,9 +167,10 @@ def test_augmented_window_changes_target_reference_and_motion_alike(still_manife
 
 
 def test_identity_is_highest_for_a_clip_against_its_own_portrait(tmp_path):
+    from PIL import Image
+
     from pipelines.demo_data import DemoDataConfig, generate_demo_data
     from pipelines.media import read_video
-    from PIL import Image
 
     truth = generate_demo_data(tmp_path / "data", DemoDataConfig(clips=2, identities=2, size=64, seconds=1.0,
                                                                  clean_fraction=1.0), True)  # fmt: skip
