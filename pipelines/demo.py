@@ -2,25 +2,36 @@
 
 1. demo-data: synthetic talking portraits with known ground truth (`pipelines.demo_data`);
 2. curate: score and tier them (`pipelines.curate`); the last identity is held out of training;
-3. train-teacher on the tier-A clips of the other identities in two stages (SPEC §3b): the image
-   stage (single frames, reference net + denoising net), then the video stage (the audio path and
-   the temporal layers on F-frame windows). A few probe steps time each stage, then each resumes up
-   to the steps its share of the minutes left pays for (`DemoConfig.image_share`);
-4. distill the trained teacher on the tier-A and B clips of the same identities into a fast
-   (6 NFE) and a balanced (18 NFE) student, each the same way: probe steps, then resume up to
-   its share of what is left;
+3. train-teacher on the tier-A clips of the other identities in two stages (docs/DESIGN.md §3b): the
+   image stage (single frames, reference net + denoising net), then the video stage (the audio path and
+   the temporal layers on F-frame windows). A few probe steps time each stage, then each resumes up to
+   the steps its share of the minutes left pays for (`DemoConfig.image_share`). Whatever the probes
+   say, the teacher keeps at least `DemoConfig.teacher_min_share` of the whole budget;
+4. distill the trained teacher on the tier-A and B clips of the same identities into a fast (6 NFE)
+   and a balanced (18 NFE) student, each the same way: probe steps, then resume up to the time left.
+   With `DemoConfig.parallel` both run at once, one process and one thread each;
 5. generate, per mode (teacher, balanced, fast), one video per held-out clip from the held-out
-   identity's portrait and the clip's own speech (`pipelines.cfg_sweep.generate_set`);
-6. eval each mode against the held-out clips (`pipelines.evaluate`);
+   identity's portrait and the clip's own speech, and one from the same speech reversed in time (the
+   lip-sync control), in parallel processes like the students. On a slow machine the videos are
+   shorter and the teacher samples fewer steps (`plan_generation`), so the teacher's training is not cut;
+6. eval each mode against the held-out clips (`pipelines.evaluate`), plus the identity measure
+   against the portrait and the mouth-vs-speech r of both videos (`pipelines.metrics`);
 7. the summary: one table row per mode, a contact sheet PNG, ``demo_summary.json``.
+
+Threads: every process runs one torch thread (`DemoConfig.threads`). Two threads ran a demo training
+step no faster than one on this project's 2-vCPU machines (they spin against each other); the second
+core is used by a second process instead (curate's worker pool, the students, the generation jobs).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -51,10 +62,17 @@ from pipelines.train_teacher import TeacherTrainConfig, train_teacher
 MARKER = "fada_demo.json"  # written first into DIR: marks a folder a rerun may replace
 SUMMARY = "demo_summary.json"
 STUDENT_MODES = ("balanced", "fast")  # distilled after the teacher, in this order
+MODES = ("teacher", *STUDENT_MODES)
 TEACHER_SHARE = 0.7  # of the minutes left after the probes and the generate + eval reserve; the students split the rest
 PRESETS = ("tiny", "demo")
 # eval rows copied into each mode's summary row (the `fada demo` table's metric columns)
-DEMO_METRICS = ("sync_proxy", "sync_proxy_offset", "e_fid_proxy", "piqe", "sharpness", "psnr", "ssim")
+DEMO_METRICS = ("sync_proxy", "sync_proxy_offset", "e_fid_proxy", "piqe", "sharpness", "psnr", "ssim",
+                "identity_psnr16", "identity_colour_de")  # fmt: skip
+TEACHER_STEP_LADDER = (25, 15, 10, 6)  # teacher DDIM steps tried, most first, until generation fits its share
+SHORT_SECONDS = 2.0  # the shortest held-out speech generated on a slow machine
+# the targets of a demo run (issue 19), for the teacher and the fast student; see `targets_met`
+TARGETS = {"face_rate": 0.9, "identity_fraction": 0.75, "mouth_r": 0.5, "mouth_r_above_reversed": 0.3,
+           "fast_r_within": 0.1}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -74,11 +92,17 @@ class DemoConfig:
     teacher_lr: float = 1e-3  # AdamW learning rate of both teacher stages
     loss_weighting: str = "v"  # teacher loss weighting (`pipelines.train_teacher.loss_weights`)
     teacher_ema: float = 0.0  # EMA decay of the teacher's weights (0 = off)
-    eval_clips: int = 1  # held-out clips generated and evaluated per mode (a 3-s teacher video costs minutes)
-    generate_steps: int | None = None  # DDIM steps of the teacher (None = its default, 25 → NFE 75)
+    identity_augment: float = 0.0  # probability of `data.identity_transform` per teacher training window
+    teacher_min_share: float = 0.5  # of the whole budget, the least the teacher trains, whatever the probes say
+    student_min_share: float = 0.1  # of the whole budget, what generation leaves the students at least
+    eval_clips: int = 1  # held-out clips generated and evaluated per mode
+    eval_seconds: float = 3.0  # seconds of each held-out clip's speech generated (fewer on a slow machine)
+    generate_steps: int | None = None  # teacher DDIM steps (None: 25 → NFE 75, fewer on a slow machine)
     distill_lr: float = 1e-4  # AdamW learning rate of both students (short runs: larger than distill's default)
     distill_probe_steps: int = 2  # distillation steps timed per student before its budget is set
     distill_solver_steps: int = 5  # teacher DDIM steps per PeRFlow window (distill's default 10 costs twice as much)
+    threads: int = 1  # torch threads per process (the second core goes to a second process)
+    parallel: bool = True  # distil both students, and generate the modes, in two processes at once
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -88,6 +112,12 @@ class DemoConfig:
             raise UsageError(f"image_share {self.image_share} is not valid; use a fraction between 0 and 1.")
         if not (math.isfinite(self.minutes) and self.minutes >= 1):
             raise UsageError(f"--minutes {self.minutes} is not valid; use 1 or more (15 runs the default demo).")
+        if not 0.0 <= self.teacher_min_share + self.student_min_share <= 1.0:
+            raise UsageError("teacher_min_share + student_min_share must be a fraction of the budget in [0, 1].")
+        if not 1.0 <= self.eval_seconds <= 10.0:
+            raise UsageError(f"eval_seconds {self.eval_seconds} is not valid; use 1 to 10 seconds.")
+        if self.threads < 1:
+            raise UsageError(f"threads {self.threads} is not valid; use 1 or more.")
 
     def data_config(self) -> DemoDataConfig:
         """The demo dataset: bigger for the demo preset, just enough for tiny."""
@@ -127,42 +157,110 @@ def contact_sheet(portrait: np.ndarray, rows: dict[str, np.ndarray], columns: in
     return np.asarray(sheet)
 
 
-def time_generation(checkpoint: Path, clip: HeldOutClip, work: Path, device, quiet: bool) -> tuple[float, float]:
-    """(overhead s, s per sampler step) of one held-out video, from generating it with 1 and 2 steps
-    after a 1-step warm-up (measured: a cold 1-step video took 28 s, a warm 2-step one 13 s)."""
+# --- time: probes, plans, processes ---------------------------------------------------------------
 
-    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device)  # loaded once for the three videos
+
+def median_step_seconds(checkpoint: Path) -> float:
+    """Median seconds per step of the run logged in ``checkpoint/train_log.csv``: one slow step (a moment of
+    load, the first batch's decoding) does not set the plan."""
+    seconds = pd.read_csv(checkpoint / "train_log.csv")["seconds"].to_numpy(dtype=float)
+    return float(np.median(np.diff(np.concatenate([[0.0], seconds]))))
+
+
+def time_generation(checkpoint: Path, clip: HeldOutClip, work: Path, device, quiet: bool,
+                    repeats: int = 2) -> tuple[float, float]:  # fmt: skip
+    """(overhead s, s per 3-branch sampler step) of one held-out video: the best of ``repeats`` videos at 1
+    and at 2 steps after a 1-step warm-up, so a moment of load does not inflate the plan (measured: a
+    cold 1-step video took 28 s, a warm 2-step one 13 s)."""
+
+    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device)  # loaded once for every video
 
     def seconds(steps: int, name: str) -> float:
         config = GenerateConfig(steps=steps, crop=False)
         return generate_set(pipe, [clip], work / name, config, device, "fp32", quiet=True)[0].seconds
 
     seconds(1, "warm-up")
-    one, two = seconds(1, "steps1"), seconds(2, "steps2")
+    one = min(seconds(1, f"steps1_{i}") for i in range(repeats))
+    two = min(seconds(2, f"steps2_{i}") for i in range(repeats))
     per_step = max(two - one, 0.0)
-    log(f"generation probe: {one:.1f} s at 1 step, {two:.1f} s at 2 steps", quiet=quiet)
+    log(f"generation probe: {one:.1f} s at 1 step, {two:.1f} s at 2 steps (best of {repeats})", quiet=quiet)
     return max(one - per_step, 0.0), per_step
 
 
-def distill_student(out: Path, teacher: Path, mode: str, share_s: float, config: DemoConfig, device,
+@dataclass(frozen=True)
+class GenerationPlan:
+    """How the held-out videos are made within their share of the budget."""
+
+    teacher_steps: int  # DDIM steps of the teacher's videos
+    seconds: float  # seconds of speech per held-out video
+    reserve_s: float  # estimated seconds of generating and evaluating every mode
+
+
+def generation_seconds(overhead_s: float, step_s: float, probe_seconds: float, plan_seconds: float,
+                       teacher_steps: int, eval_s: float) -> float:  # fmt: skip
+    """Estimated seconds of one held-out clip's videos in every mode: the teacher (``teacher_steps`` × 3
+    branches), the balanced student (6 × 3), the fast one (6 × 1, counted as 3 three-branch steps), each
+    driven by the speech and by the speech reversed; the probe's costs scale with the seconds of speech."""
+    scale = plan_seconds / probe_seconds
+    sampler_steps = teacher_steps + 6 + 3
+    return 2 * scale * (len(MODES) * overhead_s + sampler_steps * step_s) + scale * eval_s
+
+
+def plan_generation(probe: tuple[float, float], probe_seconds: float, eval_s: float, clips: int, left_s: float,
+                    config: DemoConfig) -> GenerationPlan:  # fmt: skip
+    """The most teacher steps and speech seconds whose generation (every mode, ``clips`` held-out clips)
+    fits in what the teacher's and the students' least shares leave of ``left_s``; on a slow machine
+    the videos get shorter and the teacher samples fewer steps, the teacher does not train less."""
+    overhead_s, step_s = probe
+    cap = left_s - (config.teacher_min_share + config.student_min_share) * 60.0 * config.minutes
+    most = config.generate_steps or TEACHER_STEP_LADDER[0]
+    steps_tried = [most] + [s for s in TEACHER_STEP_LADDER if s < most]
+    seconds_tried = [config.eval_seconds] + ([SHORT_SECONDS] if config.eval_seconds > SHORT_SECONDS else [])
+    plans = [
+        GenerationPlan(
+            steps, seconds, clips * generation_seconds(overhead_s, step_s, probe_seconds, seconds, steps, eval_s)
+        )  # fmt: skip
+        for seconds in seconds_tried
+        for steps in steps_tried
+    ]
+    return next((plan for plan in plans if plan.reserve_s <= cap), plans[-1])
+
+
+def run_jobs(jobs: list[tuple[Callable, tuple]], parallel: bool, threads: int) -> list:
+    """Run ``fn(*args)`` for each job: in two spawned processes of ``threads`` torch threads at once when
+    ``parallel``, else here one after the other. Results in job order; a job's error is raised here."""
+    if not parallel or len(jobs) < 2:
+        return [fn(*args) for fn, args in jobs]
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:  # fmt: skip
+        futures = [pool.submit(fn, *args) for fn, args in jobs]
+        return [future.result() for future in futures]
+
+
+def distill_student(out: Path, teacher: Path, mode: str, deadline: float, config: DemoConfig, device,
                     quiet: bool) -> tuple[Path, dict]:  # fmt: skip
-    """Distil ``mode`` from ``teacher`` into ``out/students/<mode>``: probe steps, then resume up to ``share_s``."""
+    """Distil ``mode`` from ``teacher`` into ``out/students/<mode>``: probe steps, then resume up to
+    ``deadline`` (seconds since the epoch, so that a student in another process keeps the same clock)."""
     student = out / "students" / mode
     probe_steps = config.distill_probe_steps
     distill_config = DistillConfig(mode=mode, steps=probe_steps, batch_size=config.batch_size, lr=config.distill_lr,
                                    solver_steps=config.distill_solver_steps, seed=config.seed,
                                    checkpoint_every=10**6)  # fmt: skip
     manifest = out / "curated" / "distill.parquet"
-    probe = distill(teacher, manifest, student, distill_config, device, quiet=quiet)
-    step_s = probe.seconds / probe.steps_this_run
-    steps = min(config.max_steps, probe_steps + plan_training_steps(share_s, probe.seconds, step_s, 0.0, 0, 10**9))
+    distill(teacher, manifest, student, distill_config, device, quiet=quiet)
+    step_s = median_step_seconds(student)
+    steps = min(config.max_steps, probe_steps + plan_training_steps(deadline - time.time(), 0.0, step_s, 0.0, 0,
+                                                                    10**9))  # fmt: skip
     log(f"distill {mode}: {step_s:.2f} s/step → {steps} steps", quiet=quiet)
-    result = probe
+    result = None
     if steps > probe_steps:
         result = distill(teacher, manifest, student, replace(distill_config, steps=steps), device, resume=True,
                          quiet=quiet)  # fmt: skip
-    summary = {"steps": result.steps, "seconds_per_step": step_s, "final_loss": result.final_loss,
-               "final_loss_distill": result.final_loss_distill, "final_loss_gt": result.final_loss_gt}  # fmt: skip
+    last = pd.read_csv(student / "train_log.csv").iloc[-1]
+    summary = {"steps": int(last["step"]), "seconds_per_step": step_s, "final_loss": float(last["loss"]),
+               "final_loss_distill": float(last["loss_distill"]), "final_loss_gt": float(last["loss_gt"]),
+               "resumed": result is not None}  # fmt: skip
     return student, summary
 
 
@@ -216,7 +314,8 @@ def curate_and_split(out: Path, config: DemoConfig, truth: pd.DataFrame, quiet: 
     """2. Curate ``out/data`` into ``out/curated``, hold the last identity out, write the three manifests."""
     began = time.perf_counter()
     data_config = config.data_config()
-    curate_config = CurateConfig(size=data_config.size, scoring=ScoringSettings(iqa_metric=None))
+    curate_config = CurateConfig(size=data_config.size, scoring=ScoringSettings(iqa_metric=None),
+                                 workers=2 if config.parallel else 1)  # fmt: skip
     summary = run_curate([out / "data" / "clips"], out / "curated", curate_config, quiet=quiet)
     curated = pd.read_parquet(summary.manifest)
     held_identity = f"id{data_config.identities - 1}"
@@ -242,11 +341,20 @@ def curate_and_split(out: Path, config: DemoConfig, truth: pd.DataFrame, quiet: 
 def teacher_configs(config: DemoConfig) -> dict[str, TeacherTrainConfig]:
     """The image-stage and video-stage training configs of the demo recipe (probe-length steps)."""
     common = dict(steps=config.probe_steps, lr=config.teacher_lr, loss_weighting=config.loss_weighting,
-                  ema=config.teacher_ema, seed=config.seed, checkpoint_every=10**6)  # fmt: skip
+                  ema=config.teacher_ema, seed=config.seed, checkpoint_every=10**6,
+                  identity_augment=config.identity_augment)  # fmt: skip
     return {
         "image": TeacherTrainConfig(stage="image", batch_size=config.image_batch_size, **common),
         "video": TeacherTrainConfig(stage="video", batch_size=config.batch_size, **common),
     }
+
+
+def teacher_seconds(config: DemoConfig, available_s: float) -> float:
+    """The teacher's training time: `TEACHER_SHARE` of what the reserve leaves, at least
+    ``teacher_min_share`` of the budget, and no more than leaves the students ``student_min_share``."""
+    budget_s = 60.0 * config.minutes
+    share = min(TEACHER_SHARE * available_s, available_s - config.student_min_share * budget_s)
+    return max(config.teacher_min_share * budget_s, share)
 
 
 def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadline: float, reserve_s: float,
@@ -254,18 +362,17 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
     """3. The two teacher stages into ``out/teacher/image`` and ``out/teacher/video``.
 
     Each stage is probed (a few timed steps), then the image stage resumes up to its share of the
-    teacher's time (``TEACHER_SHARE`` of what is left before ``deadline`` after ``reserve_s``) and
+    teacher's time (`teacher_seconds` of what is left before ``deadline`` after ``reserve_s``) and
     the video stage, started from it, up to the rest.
     """
+    began = time.time()
     model_config = get_preset(config.preset)
     configs = teacher_configs(config)
     image, video = out / "teacher" / "image", out / "teacher" / "video"
-    probe_image = train_teacher(split.train, image, model_config, configs["image"], device, quiet=quiet)
-    probe_video = train_teacher(split.train, video, model_config, configs["video"], device, init_from=image,
-                                quiet=quiet)  # fmt: skip
-    step_s = {"image": probe_image.seconds / probe_image.steps_this_run,
-              "video": probe_video.seconds / probe_video.steps_this_run}  # fmt: skip
-    teacher_s = TEACHER_SHARE * max(0.0, deadline - time.perf_counter() - reserve_s)
+    train_teacher(split.train, image, model_config, configs["image"], device, quiet=quiet)
+    train_teacher(split.train, video, model_config, configs["video"], device, init_from=image, quiet=quiet)
+    step_s = {"image": median_step_seconds(image), "video": median_step_seconds(video)}
+    teacher_s = teacher_seconds(config, deadline - began - reserve_s) - (time.time() - began)
     image_steps = config.probe_steps + plan_training_steps(
         config.image_share * teacher_s, 0.0, step_s["image"], 0.0, config.min_steps, config.max_steps
     )
@@ -273,13 +380,14 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
     result = train_teacher(split.train, image, model_config, replace(configs["image"], steps=image_steps), device,
                            resume=True, quiet=quiet)  # fmt: skip
     # the video stage restarts from the finished image stage: the probe only timed it
-    left_s = teacher_s * (1 - config.image_share) - step_s["video"] * config.probe_steps
+    left_s = teacher_s * (1 - config.image_share)
     video_steps = plan_training_steps(left_s, 0.0, step_s["video"], 0.0, config.min_steps, config.max_steps)
     log(f"teacher: video stage {step_s['video']:.2f} s/step → {video_steps} steps", quiet=quiet)
     video_result = train_teacher(split.train, video, model_config, replace(configs["video"], steps=video_steps),
                                  device, init_from=image, overwrite=True, quiet=quiet)  # fmt: skip
     summary = {
         "checkpoint": str(video),
+        "seconds": time.time() - began,
         "stages": {
             "image": {"steps": result.steps, "final_loss": result.final_loss, "seconds_per_step": step_s["image"]},
             "video": {
@@ -293,51 +401,173 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
     return video, summary
 
 
-def generation_reserve(split: DemoSplit, checkpoint: Path, out: Path, config: DemoConfig, device,
-                       quiet: bool) -> float:  # fmt: skip
-    """Seconds kept for generating and evaluating every mode, from timing one video at 1 and 2 steps."""
-    gen_overhead_s, gen_step_s = time_generation(checkpoint, split.clips[0], out / "probe", device, quiet)
-    # every mode's videos are paid for at the cost of a 3-branch step: teacher steps, then 6 + 6 student steps
-    sampler_steps = (config.generate_steps or 25) + 2 * 6
-    reserve_s = len(split.clips) * (3 * gen_overhead_s + sampler_steps * gen_step_s)
-    return reserve_s + 6 * split.curate_s_per_frame * split.held_frames  # eval reads generated + reference, per mode
+def generation_plan(split: DemoSplit, out: Path, config: DemoConfig, deadline: float, device,
+                    quiet: bool) -> GenerationPlan:  # fmt: skip
+    """What generating and evaluating every mode will cost, from timing one video of an untrained model of
+    the preset (its cost does not depend on the weights), and the videos that fit (`plan_generation`)."""
+    checkpoint = fresh_teacher(out / "probe" / "fresh", config)
+    probe = time_generation(checkpoint, split.clips[0], out / "probe", device, quiet)
+    probe_seconds = split.held_frames / len(split.clips) / 25.0
+    # eval reads the generated and the reference video per mode, and both videos' frames again for the mouth
+    eval_s = 9 * split.curate_s_per_frame * split.held_frames / len(split.clips)
+    plan = plan_generation(probe, probe_seconds, eval_s, len(split.clips), deadline - time.time(), config)
+    log(f"generation: teacher {plan.teacher_steps} steps, {plan.seconds:g} s of speech per video, "
+        f"{plan.reserve_s:.0f} s kept", quiet=quiet)  # fmt: skip
+    return plan
 
 
 def distill_students(out: Path, teacher: Path, config: DemoConfig, deadline: float, reserve_s: float, device,
                      quiet: bool) -> tuple[dict[str, Path], dict]:  # fmt: skip
-    """4. Both students from the trained teacher, each on its share of what is left before ``deadline``."""
-    checkpoints, students = {}, {}
-    for i, mode in enumerate(STUDENT_MODES):
-        share_s = (deadline - time.perf_counter() - reserve_s) / (len(STUDENT_MODES) - i)
-        checkpoints[mode], students[mode] = distill_student(out, teacher, mode, share_s, config, device, quiet)
+    """4. Both students from the trained teacher: at once in two processes (each until the generation
+    reserve), or one after the other, each on its share of what is left."""
+    end = deadline - reserve_s
+    if config.parallel:
+        jobs = [(distill_student, (out, teacher, mode, end, config, device, True)) for mode in STUDENT_MODES]
+        log(f"distilling {' and '.join(STUDENT_MODES)} at once, {end - time.time():.0f} s", quiet=quiet)
+        done = run_jobs(jobs, True, config.threads)
+    else:
+        done = []
+        for i, mode in enumerate(STUDENT_MODES):
+            share_end = time.time() + (end - time.time()) / (len(STUDENT_MODES) - i)
+            done.append(distill_student(out, teacher, mode, share_end, config, device, quiet))
+    checkpoints = {mode: path for mode, (path, _) in zip(STUDENT_MODES, done, strict=True)}
+    students = {mode: summary for mode, (_, summary) in zip(STUDENT_MODES, done, strict=True)}
     return checkpoints, students
 
 
-def generate_and_evaluate(out: Path, split: DemoSplit, checkpoints: dict[str, Path], config: DemoConfig, device,
-                          quiet: bool) -> dict[str, dict]:  # fmt: skip
-    """5.–6. The held-out clips per mode, evaluated against them: one summary row per mode."""
-    modes = {}
-    for mode, checkpoint in checkpoints.items():
-        steps = config.generate_steps if mode == "teacher" else None  # students: their own 6 steps
+# --- 5.-6. generation and evaluation ---------------------------------------------------------------
+
+
+def held_out_speech(split: DemoSplit, seconds: float, folder: Path) -> tuple[list[HeldOutClip], list[HeldOutClip]]:
+    """Each held-out clip's first ``seconds`` of speech, and the same reversed in time, as wav files."""
+    from pipelines.media import AUDIO_SR, read_audio, write_audio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    speech, reverse = [], []
+    for clip in split.clips:
+        audio = read_audio(clip.audio)[: int(round(seconds * AUDIO_SR))]
+        write_audio(folder / f"{clip.stem}.wav", audio)
+        write_audio(folder / f"{clip.stem}_reversed.wav", audio[::-1].copy())
+        speech.append(replace(clip, audio=folder / f"{clip.stem}.wav"))
+        reverse.append(replace(clip, audio=folder / f"{clip.stem}_reversed.wav"))
+    return speech, reverse
+
+
+def identity_anchors(split: DemoSplit, size: int) -> dict[str, float]:
+    """The identity measure's ceiling (the real held-out clips against the portrait, at the model's size) and
+    floor (the nearest other identity's portrait against it)."""
+    import cv2
+
+    from pipelines.generate import crop_portrait
+    from pipelines.metrics.identity import identity_scores
+
+    def model_input(path: Path) -> np.ndarray:
+        return crop_portrait(np.asarray(Image.open(path).convert("RGB")), size, False, 1.0, path)
+
+    target = model_input(split.portrait)
+    real = [read_video(clip.audio)[0] for clip in split.clips]
+    real = np.concatenate([[cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in v] for v in real])
+    others = sorted(p for p in split.portrait.parent.glob("*.png") if p != split.portrait)
+    floors = [identity_scores(model_input(p)[None], target) for p in others]
+    ceiling = identity_scores(real, target)
+    return {
+        "identity_psnr16_ceiling": ceiling["identity_psnr16"],
+        "identity_psnr16_floor": max(f["identity_psnr16"] for f in floors),
+        "identity_colour_de_ceiling": ceiling["identity_colour_de"],
+        "identity_colour_de_floor": min(f["identity_colour_de"] for f in floors),
+    }
+
+
+def generate_mode(mode: str, checkpoint: Path, speech: list[HeldOutClip], reverse: list[HeldOutClip], out: Path,
+                  held_out: Path, gen_config: GenerateConfig, device, quiet: bool) -> dict:  # fmt: skip
+    """One mode's videos (speech- and reversed-speech-driven), its eval against the held-out clips, its
+    face rate and its mouth-vs-speech r of both: the mode's summary row (without the anchors)."""
+    from pipelines.media import read_audio
+    from pipelines.metrics.proxies import portrait_mouth_r
+
+    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device)
+    stats = generate_set(pipe, speech, out / "generated" / mode, gen_config, device, "fp32", quiet)
+    reversed_stats = generate_set(pipe, reverse, out / "generated" / f"{mode}_reversed", gen_config, device, "fp32",
+                                  quiet)  # fmt: skip
+    report = evaluate(out / "generated" / mode, held_out, out / "eval" / mode, EvalConfig(iqa_metric=None),
+                      quiet=quiet)  # fmt: skip
+    values = metric_values(report)
+    r_speech, r_reversed, face_rates = [], [], []
+    for clip, made, made_reversed in zip(speech, stats, reversed_stats, strict=True):
+        frames, _ = read_video(Path(made.video))
+        frames_reversed, _ = read_video(Path(made_reversed.video))
+        portrait = np.asarray(Image.open(clip.image).convert("RGB"))
+        audio = read_audio(clip.audio)  # both r against the forward speech
+        r_speech.append(portrait_mouth_r(frames, audio, portrait))
+        r_reversed.append(portrait_mouth_r(frames_reversed, audio, portrait))
+        face_rates.append(face_found_rate(frames))  # frames upscaled to 256 px
+    return {
+        "checkpoint": str(checkpoint),
+        "nfe": stats[0].nfe,
+        "steps": stats[0].steps,
+        "seconds_per_video_second": float(np.mean([s.seconds_per_video_second for s in stats])),
+        **{name: values.get(name) for name in DEMO_METRICS},
+        "routes": {m.name: m.route for m in report.metrics if m.route},  # how each proxy read the face
+        "face_rate": float(np.mean(face_rates)),
+        "mouth_r": float(np.nanmean(r_speech)) if np.isfinite(r_speech).any() else None,
+        "mouth_r_reversed": float(np.nanmean(r_reversed)) if np.isfinite(r_reversed).any() else None,
+        "notes": {m.name: m.note for m in report.metrics if m.status == "insufficient"},
+        "videos": [s.video for s in stats],
+        "reversed_videos": [s.video for s in reversed_stats],
+    }
+
+
+def generate_and_evaluate(out: Path, split: DemoSplit, checkpoints: dict[str, Path], config: DemoConfig,
+                          plan: GenerationPlan, device, quiet: bool) -> dict[str, dict]:  # fmt: skip
+    """5.–6. The held-out clips per mode (two processes at once with ``config.parallel``), evaluated against
+    them: one summary row per mode, with the identity anchors and the speed-up over the teacher."""
+    speech, reverse = held_out_speech(split, plan.seconds, out / "generated" / "speech")
+    jobs = []
+    for mode, checkpoint in checkpoints.items():  # the teacher first: its job is the longest
+        steps = plan.teacher_steps if mode == "teacher" else None  # students: their own 6 steps
         gen_config = GenerateConfig(steps=steps, seed=config.seed, crop=False)
-        stats = generate_set(checkpoint, split.clips, out / "generated" / mode, gen_config, device, "fp32", quiet)
-        report = evaluate(out / "generated" / mode, split.held_out, out / "eval" / mode, EvalConfig(iqa_metric=None),
-                          quiet=quiet)  # fmt: skip
-        values = metric_values(report)
-        modes[mode] = {
-            "checkpoint": str(checkpoint),
-            "nfe": stats[0].nfe,
-            "seconds_per_video_second": float(np.mean([s.seconds_per_video_second for s in stats])),
-            **{name: values.get(name) for name in DEMO_METRICS},
-            "routes": {m.name: m.route for m in report.metrics if m.route},  # how each proxy read the face
-            # share of generated frames where mediapipe finds a face (frames upscaled to 256 px)
-            "face_rate": float(np.mean([face_found_rate(read_video(Path(s.video))[0]) for s in stats])),
-            "notes": {m.name: m.note for m in report.metrics if m.status == "insufficient"},
-            "videos": [s.video for s in stats],
-        }
+        jobs.append((generate_mode, (mode, checkpoint, speech, reverse, out, split.held_out, gen_config, device,
+                                     quiet or config.parallel)))  # fmt: skip
+    log(f"generating and evaluating {', '.join(checkpoints)}", quiet=quiet)
+    modes = dict(zip(checkpoints, run_jobs(jobs, config.parallel, config.threads), strict=True))
+    from pipelines.metrics.identity import fraction_of_range
+
+    anchors = identity_anchors(split, get_preset(config.preset).sample_size)
     for row in modes.values():
         row["speed_up"] = modes["teacher"]["seconds_per_video_second"] / row["seconds_per_video_second"]
+        row["identity_fraction"] = (
+            None
+            if row["identity_psnr16"] is None
+            else fraction_of_range(row["identity_psnr16"], anchors["identity_psnr16_floor"],
+                                   anchors["identity_psnr16_ceiling"])
+        )  # fmt: skip
+        row.update(anchors)
     return modes
+
+
+def targets_met(modes: dict[str, dict]) -> dict[str, dict[str, bool]]:
+    """Per mode (teacher, fast), whether each target of `TARGETS` holds (a missing figure does not)."""
+
+    def at_least(value, bound) -> bool:
+        return value is not None and math.isfinite(value) and value >= bound
+
+    checks = {}
+    for mode in ("teacher", "fast"):
+        row = modes[mode]
+        r, r_rev = row.get("mouth_r"), row.get("mouth_r_reversed")
+        checks[mode] = {
+            "face_rate": at_least(row.get("face_rate"), TARGETS["face_rate"]),
+            "identity_fraction": at_least(row.get("identity_fraction"), TARGETS["identity_fraction"]),
+            "mouth_r": at_least(r, TARGETS["mouth_r"]),
+            "mouth_r_above_reversed": r is not None
+            and r_rev is not None
+            and at_least(r - r_rev, TARGETS["mouth_r_above_reversed"]),
+        }
+    teacher_r, fast_r = modes["teacher"].get("mouth_r"), modes["fast"].get("mouth_r")
+    checks["fast"]["fast_r_within"] = (
+        teacher_r is not None and fast_r is not None and abs(fast_r - teacher_r) <= TARGETS["fast_r_within"]
+    )
+    return checks
 
 
 def write_contact_sheet(out: Path, split: DemoSplit, modes: dict[str, dict]) -> Path:
@@ -353,46 +583,58 @@ def write_contact_sheet(out: Path, split: DemoSplit, modes: dict[str, dict]) -> 
 
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), device: str = "cpu", quiet: bool = False) -> dict:
     """Run the lifecycle into ``out``; returns (and writes) the summary."""
-    started, timings = time.perf_counter(), {}
-    deadline = started + 60.0 * config.minutes
-    out = Path(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run_demo(Path(out), config, device, quiet)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(out: Path, config: DemoConfig, device: str, quiet: bool) -> dict:
+    started, timings = time.time(), {}
+    deadline = started + 60.0 * config.minutes  # seconds since the epoch: one clock for every process
     torch_device = resolve_device(device)
     _prepare_out(out)
     (out / MARKER).write_text(json.dumps({"config": asdict(config)}, indent=2) + "\n")
 
     def lap(name: str, since: float) -> float:
-        timings[name] = round(time.perf_counter() - since, 2)
-        return time.perf_counter()
+        timings[name] = round(time.time() - since, 2)
+        return time.time()
 
-    t = time.perf_counter()
+    t = time.time()
     truth = make_data(out, config, quiet)
     t = lap("demo_data", t)
     split = curate_and_split(out, config, truth, quiet)
     t = lap("curate", t)
-    # the generate + eval reserve is timed on a fresh model of the preset (its cost does not depend on the weights)
-    reserve_s = generation_reserve(split, fresh_teacher(out / "probe" / "fresh", config), out, config,
-                                   torch_device, quiet)  # fmt: skip
-    teacher, teacher_summary = train_teacher_stages(out, split, config, deadline, reserve_s, torch_device, quiet)
+    plan = generation_plan(split, out, config, deadline, torch_device, quiet)
+    t = lap("generation_probe", t)
+    teacher, teacher_summary = train_teacher_stages(out, split, config, deadline, plan.reserve_s, torch_device, quiet)
     t = lap("train_teacher", t)
-    checkpoints, students = distill_students(out, teacher, config, deadline, reserve_s, torch_device, quiet)
+    checkpoints, students = distill_students(out, teacher, config, deadline, plan.reserve_s, torch_device, quiet)
     checkpoints = {"teacher": teacher, **checkpoints}
     t = lap("distill", t)
-    modes = generate_and_evaluate(out, split, checkpoints, config, torch_device, quiet)
+    modes = generate_and_evaluate(out, split, checkpoints, config, plan, torch_device, quiet)
     t = lap("generate_eval", t)
     sheet = write_contact_sheet(out, split, modes)
     summary_payload = {
         "out": str(out),
         "config": asdict(config),
         "model_preset": config.preset,
+        "model": get_preset(config.preset).to_dict(),
         "held_out_identity": split.held_identity,
         "tiers": split.tiers,
+        "generation": asdict(plan),
         "teacher": teacher_summary,
         "students": students,
         "modes": modes,
+        "targets": TARGETS,
+        "targets_met": targets_met(modes),
         "contact_sheet": str(sheet),
         "timings_s": timings,
         "budget_s": 60.0 * config.minutes,
-        "total_s": round(time.perf_counter() - started, 2),
+        "total_s": round(time.time() - started, 2),
+        "torch_threads": config.threads,
     }
     (out / SUMMARY).write_text(json.dumps(summary_payload, indent=2, default=str) + "\n")
     return summary_payload

@@ -69,15 +69,20 @@ def test_split_holds_one_identity_out():
 
 def test_demo_table_shows_every_metric_and_the_route():
     row = {"nfe": 6, "seconds_per_video_second": 2.0, "speed_up": 1.0, "face_rate": 0.1, "sync_proxy": 0.05,
-           "sync_proxy_offset": -3.0, "e_fid_proxy": 0.178, "piqe": 83.4, "psnr": 8.17,
+           "sync_proxy_offset": -3.0, "e_fid_proxy": 0.178, "piqe": 83.4, "psnr": 8.17, "identity_fraction": 0.81,
+           "identity_colour_de": 4.26, "mouth_r": 0.63, "mouth_r_reversed": -0.12, "identity_psnr16_floor": 21.5,
+           "identity_psnr16_ceiling": 33.25,
            "routes": {"sync_proxy": "mouth window", "e_fid_proxy": "mouth window"}}  # fmt: skip
+    targets = {"teacher": {"face_rate": False, "mouth_r": True}, "fast": {"face_rate": True}}
     summary = {"model_preset": "tiny", "teacher": {"stages": {"image": {"steps": 8}, "video": {"steps": 5}}},
-               "modes": {"teacher": row, "fast": {**row, "piqe": None}}}  # fmt: skip
-    console = Console(record=True, width=120)
+               "modes": {"teacher": row, "fast": {**row, "piqe": None}}, "targets_met": targets}  # fmt: skip
+    console = Console(record=True, width=160)
     console.print(demo_table(summary))
     text = console.export_text()
-    assert "PIQE ↓" in text and "0.05" in text and "0.178" in text and "83" in text and "8.2" in text
-    assert "proxies read the face by mouth window" in text
+    assert "PIQE↓" in text and "0.05" in text and "0.178" in text and "83" in text
+    assert "0.81" in text and "4.3" in text and "0.63" in text and "-0.12" in text
+    assert "proxies read the face by mouth window" in text and "(21.5 dB) to the real clip (33.2 dB)" in text
+    assert "teacher: targets missed: face_rate" in text and "fast: every target met" in text
     assert text.count("—") == 1  # the fast row's missing PIQE
 
 
@@ -126,8 +131,12 @@ def test_demo_end_to_end_tiny(tmp_path):
     truth = pd.read_parquet(out / "data" / "truth.parquet").set_index("clip_id")["identity"]
     assert held not in {truth[src.rsplit("/", 1)[-1][:-4]] for src in train["source"]}
     for mode, row in summary["modes"].items():
-        assert all(Path(v).is_file() and v.endswith(".mp4") for v in row["videos"])
+        assert all(Path(v).is_file() and v.endswith(".mp4") for v in row["videos"] + row["reversed_videos"])
         assert (out / "eval" / mode / "metrics.json").is_file()
+        assert row["identity_psnr16_floor"] < row["identity_psnr16_ceiling"] and row["identity_psnr16"] is not None
+        assert set(summary["targets_met"]) == {"teacher", "fast"}
+    # generation fitted the budget: the teacher's steps and the speech seconds come from the plan
+    assert teacher["steps"] == summary["generation"]["teacher_steps"] <= 2
     sheet = np.asarray(Image.open(summary["contact_sheet"]))
     assert sheet.shape[0] == 4 * 96  # rows: the held-out clip, the teacher, balanced, fast
     # the rerun replaces its own previous folder; the table goes to stdout

@@ -186,3 +186,26 @@ def _efid_of_descriptors(gen: np.ndarray, ref: np.ndarray, n_components: int) ->
     pca = ExpressionPCA.fit(ref, k)
     value = frechet_distance_of_features(pca.transform(gen), pca.transform(ref))
     return EFidProxy(value=value, n_generated=len(gen), n_reference=len(ref), n_components=k)
+
+
+def portrait_mouth_r(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray, fps: float = 25.0,
+                     audio_sr: int = 16_000) -> float:  # fmt: skip
+    """Mouth opening vs speech energy at lag 0 — the demo's lip-sync figure for a video generated from
+    ``portrait`` (the square the model saw, any size).
+
+    The mouth is found once, on the portrait (`mouth_window.locate_mouth`: face mesh, then face
+    detector, on the portrait upscaled; else on the video's own stills), and its window stays there: the
+    generated face is drawn where the portrait's face is. Each frame's darkness in that window
+    (`filters.sync.mouth_darkness`: an open mouth is dark) is correlated with the speech's RMS in that
+    frame (Pearson r, no lag search, so no chance floor to subtract); NaN where no face or no variation.
+    Against silence or the same speech reversed in time, a model that follows the audio scores about 0.
+    """
+    anchor = mouth_window.locate_mouth(frames, portrait)
+    rms = sync.audio_rms_per_frame(audio, len(frames), audio_sr, fps)
+    if anchor is None or rms.std() < 1e-9:
+        return NAN
+    darkness = sync.mouth_darkness(frames, np.repeat(np.array(anchor.centre)[None], len(frames), 0),
+                                   anchor.eye_distance)  # fmt: skip
+    if not np.isfinite(darkness).all() or darkness.std() < 1e-9:
+        return NAN
+    return float(np.corrcoef(darkness, rms)[0, 1])
