@@ -184,3 +184,23 @@ def test_identity_is_highest_for_a_clip_against_its_own_portrait(tmp_path):
     assert own["identity_psnr16"] > other["identity_psnr16"] + 3
     assert own["identity_colour_de"] < other["identity_colour_de"]
     assert fraction_of_range(own["identity_psnr16"], other["identity_psnr16"], own["identity_psnr16"]) == 1.0
+
+
+def test_portrait_mouth_r_follows_the_speech_not_the_reversed_speech(tmp_path):
+    from PIL import Image
+
+    from pipelines.demo_data import DemoDataConfig, generate_demo_data
+    from pipelines.media import read_audio, read_video
+    from pipelines.metrics.proxies import portrait_mouth_r
+
+    truth = generate_demo_data(tmp_path / "data", DemoDataConfig(clips=1, identities=1, size=128, seconds=3.0,
+                                                                 clean_fraction=1.0), True)  # fmt: skip
+    row = truth.iloc[0]
+    clip = tmp_path / "data" / "clips" / f"{row['clip_id']}.mp4"
+    frames, _ = read_video(clip)
+    audio = read_audio(clip)
+    portrait = np.asarray(Image.open(tmp_path / "data" / "identities" / f"{row['identity']}.png").convert("RGB"))
+    forward = portrait_mouth_r(frames, audio, portrait)
+    backward = portrait_mouth_r(frames[::-1].copy(), audio, portrait)  # the mouth of the reversed speech
+    assert forward > 0.5 and forward - backward > 0.3
+    assert np.isnan(portrait_mouth_r(frames, np.zeros_like(audio), portrait))  # silence: nothing to follow
