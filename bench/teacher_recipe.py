@@ -61,6 +61,7 @@ class Variant:
     minutes: float | None = None  # CPU minutes of training (None = --minutes)
     ema: float = 0.0  # EMA decay of the weights the checkpoints hold (0 = off)
     identity_augment: float = 0.0  # probability of `data.identity_transform` per training window
+    motion_loss_weight: float = 0.0  # α of `train_teacher.motion_weights` (0 = plain loss)
 
 
 VARIANTS = {
@@ -135,6 +136,27 @@ VARIANTS = {
             loss_weighting="min-snr",
             video_trainable="all",
             model={"prediction_type": "reference_residual"},
+        ),  # fmt: skip
+        Variant(
+            "res-v-joint",
+            "one joint stage, reference_residual, v weighting, lr 1e-3",
+            loss_weighting="v",
+            model={"prediction_type": "reference_residual"},
+        ),  # fmt: skip
+        Variant(
+            "res-v-motion",
+            "res-v-joint + motion-weighted loss (α 4)",
+            loss_weighting="v",
+            model={"prediction_type": "reference_residual"},
+            motion_loss_weight=4.0,
+        ),  # fmt: skip
+        Variant(
+            "res-v-motion-aug",
+            "res-v-motion + identity augmentation (p 0.8)",
+            loss_weighting="v",
+            model={"prediction_type": "reference_residual"},
+            motion_loss_weight=4.0,
+            identity_augment=0.8,
         ),  # fmt: skip
         Variant(
             "concat-v",
@@ -362,7 +384,8 @@ def run_variant(variant: Variant, work: Path, data: dict, minutes: float, eval_e
         config = TeacherTrainConfig(stage=stage, lr=variant.lr, loss_weighting=variant.loss_weighting,
                                     batch_size=batch, video_trainable=variant.video_trainable, seed=0, steps=3,
                                     ema=variant.ema, checkpoint_every=10**6,
-                                    identity_augment=variant.identity_augment)  # fmt: skip
+                                    identity_augment=variant.identity_augment,
+                                    motion_loss_weight=variant.motion_loss_weight)  # fmt: skip
         stage_end = spent + share * budget
         steps, chunk, resume = 3, 3, False
         while spent < stage_end - 1.0:

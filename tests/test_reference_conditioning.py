@@ -204,3 +204,15 @@ def test_portrait_mouth_r_follows_the_speech_not_the_reversed_speech(tmp_path):
     backward = portrait_mouth_r(frames[::-1].copy(), audio, portrait)  # the mouth of the reversed speech
     assert forward > 0.5 and forward - backward > 0.3
     assert np.isnan(portrait_mouth_r(frames, np.zeros_like(audio), portrait))  # silence: nothing to follow
+
+
+def test_motion_weights_favour_what_moves_and_average_one():
+    from pipelines.train_teacher import motion_weights
+
+    z0 = torch.zeros(2, 4, 3, 8, 8)
+    z0[:, ::2, :, 2:4, 2:4] = 1.0  # a 2×2 "mouth" that opens on every other frame
+    weights = motion_weights(z0, alpha=4.0)
+    assert weights.shape == (2, 1, 1, 8, 8)
+    assert torch.allclose(weights.mean(dim=(-2, -1)), torch.ones(2, 1, 1))
+    assert weights[0, 0, 0, 2, 2] > 10 * weights[0, 0, 0, 6, 6] > 0
+    assert torch.equal(motion_weights(z0[:, :1], 4.0), torch.ones(2, 1, 1, 1, 1))  # single frames: plain loss
