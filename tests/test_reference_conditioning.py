@@ -215,4 +215,4 @@ def test_motion_weights_favour_what_moves_and_average_one():
     assert weights.shape == (2, 1, 1, 8, 8)
     assert torch.allclose(weights.mean(dim=(-2, -1)), torch.ones(2, 1, 1))
     assert weights[0, 0, 0, 2, 2] > 10 * weights[0, 0, 0, 6, 6] > 0
-    assert torch.equal(motion_weights(z0[:, :1], 4.0), torch.ones(2, 1, 1, 1, 1))  # single frames: plain loss
+    assert torch.equal(motion_weights(z0[:, :1], 4.0), torch.ones(2, 1, 1, 8, 8))  # single frames: plain loss
