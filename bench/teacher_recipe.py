@@ -159,6 +159,19 @@ VARIANTS = {
             identity_augment=0.8,
         ),  # fmt: skip
         Variant(
+            "res-v-audiotime",
+            "res-v-joint + the audio added to the timestep embedding",
+            loss_weighting="v",
+            model={"prediction_type": "reference_residual", "audio_time_embedding": True},
+        ),  # fmt: skip
+        Variant(
+            "res-v-audiotime-motion",
+            "res-v-audiotime + motion-weighted loss (α 4)",
+            loss_weighting="v",
+            model={"prediction_type": "reference_residual", "audio_time_embedding": True},
+            motion_loss_weight=4.0,
+        ),  # fmt: skip
+        Variant(
             "concat-v",
             "image → video, v weighting, lr 1e-3, reference concatenated to the input",
             ("image", "video"),

@@ -307,7 +307,8 @@ class AudioProjection(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, feature_dim: int, window: int = 5, hidden_dim: int = 1024, n_tokens: int = 32, dim: int = 768):
+    def __init__(self, feature_dim: int, window: int = 5, hidden_dim: int = 1024, n_tokens: int = 32, dim: int = 768,
+                 time_embed_dim: int | None = None):  # fmt: skip
         super().__init__()
         self.mlp = torch.nn.Sequential(
             torch.nn.Linear(window * feature_dim, hidden_dim),
@@ -316,11 +317,21 @@ class AudioProjection(ModelMixin, ConfigMixin):
         )
         self.norm = torch.nn.LayerNorm(dim)
         self.null_tokens = torch.nn.Parameter(torch.randn(n_tokens, dim) / math.sqrt(dim))
+        self.time_projection = None  # `ModelConfig.audio_time_embedding`: tokens → a timestep-embedding shift
+        if time_embed_dim is not None:
+            self.time_projection = torch.nn.Linear(dim, time_embed_dim)
+            torch.nn.init.zeros_(self.time_projection.weight)  # starts as no shift at all
+            torch.nn.init.zeros_(self.time_projection.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, f, w, d = features.shape
         tokens = self.mlp(features.reshape(b, f, w * d))  # (B, F, N·D)
         return self.norm(tokens.view(b, f, self.config.n_tokens, self.config.dim))  # (B, F, N, D)
+
+    def time_shift(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Audio tokens (..., N, D) (the null tokens where dropped) → their shift of the timestep embedding
+        (..., D_time): the tokens' mean through one zero-initialised linear layer."""
+        return self.time_projection(tokens.mean(dim=-2))
 
 
 def mel_filterbank(n_mels: int, n_fft: int, sr: int) -> np.ndarray:

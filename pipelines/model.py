@@ -132,6 +132,7 @@ class FadaModel(torch.nn.Module):
             hidden_dim=config.audio_hidden_dim,
             n_tokens=config.audio_tokens,
             dim=config.cross_attention_dim,
+            time_embed_dim=denoising_unet.time_embedding.linear_2.out_features if config.audio_time_embedding else None,
         )
         cfg = build_cfg_conditioning(config, denoising_unet)
         vae = build_vae(config) if config.latent_codec == "vae" else None
@@ -325,8 +326,14 @@ class FadaModel(torch.nn.Module):
             state.reference = reference_features.tile(b // reference_features.batch_size).features
             state.reference_keep = None if not bool(drop_reference.any()) else ~drop_reference
 
-        # 3. student CFG conditioning (Eq. 10 tokens, scale-MLP tokens or a timestep-embedding shift)
+        # 3. student CFG conditioning (Eq. 10 tokens, scale-MLP tokens or a timestep-embedding shift); the
+        # audio's own timestep-embedding shift (`audio_time_embedding`), per frame, added to it
         self._condition_on_cfg(state, cfg_scales, b, f, device)
+        if self.audio_projection.time_projection is not None:
+            audio_shift = self.audio_projection.time_shift(tokens)  # (B·F, D_time)
+            self._time_shift.shift = (
+                audio_shift if self._time_shift.shift is None else self._time_shift.shift + audio_shift
+            )
 
         # 4. one denoising-net forward over B·F frames (the reference latent on extra input channels)
         timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=device).reshape(-1).expand(b)

@@ -70,6 +70,9 @@ class ModelConfig:
     # only what the reference attention adds (a departure from the paper, demo preset only)
     reference_concat: bool = False  # concatenate the reference latent to each frame's noisy input channels
     # (image-to-video style; conv_in's reference half starts at zero; zeros where the reference is dropped)
+    audio_time_embedding: bool = False  # also add the audio tokens (mean, through a zero-initialised linear
+    # layer) to each frame's timestep embedding, as Diffused Heads does: a per-frame signal every resnet of the
+    # denoising net sees at every resolution, beside the audio cross-attention (demo preset only)
     # --- conditions (SPEC §3) ---
     p_drop_audio: float = 0.10  # training: probability of dropping the audio alone (null audio tokens)
     p_drop_both: float = 0.05  # training: probability of dropping audio and reference together

@@ -216,3 +216,31 @@ def test_motion_weights_favour_what_moves_and_average_one():
     assert torch.allclose(weights.mean(dim=(-2, -1)), torch.ones(2, 1, 1))
     assert weights[0, 0, 0, 2, 2] > 10 * weights[0, 0, 0, 6, 6] > 0
     assert torch.equal(motion_weights(z0[:, :1], 4.0), torch.ones(2, 1, 1, 8, 8))  # single frames: plain loss
+
+
+def test_audio_time_embedding_starts_silent_then_follows_the_audio(tmp_path):
+    model = tiny_model(audio_time_embedding=True)
+    projection = model.audio_projection.time_projection
+    assert projection is not None and projection.weight.abs().max() == 0
+    x = clip_inputs(model.config, batch=2)
+    args = (x["noisy"], torch.tensor([500.0, 100.0]), x["reference"], x["motion"])
+    keep = (torch.tensor([False, False]), torch.tensor([False, False]))
+    with torch.no_grad():
+        before = model(*args, x["audio"], *keep)
+        model.audio_projection.time_projection = None  # the same weights without the path: the same output
+        assert torch.equal(model(*args, x["audio"], *keep), before)
+        model.audio_projection.time_projection = projection
+        projection.weight.normal_(0, 0.5)
+        moved = model(*args, x["audio"], *keep)
+        louder = model(*args, 2 * x["audio"], *keep)
+        dropped = model(*args, x["audio"], torch.tensor([True, True]), keep[1])
+    assert (moved - before).abs().max() > 1e-3 and (louder - moved).abs().max() > 1e-3
+    assert (dropped - moved).abs().max() > 1e-3  # the null audio's shift differs
+    save_checkpoint(tmp_path / "ckpt", stage="teacher", mode="teacher", config={"model": model.config.to_dict()},
+                    components=model.components(), step=0)  # fmt: skip
+    loaded = FadaModel.from_checkpoint(tmp_path / "ckpt", expect_stage="teacher").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(*args, x["audio"], *keep), moved)
+    student = build_student_from_teacher(model, "time-embed").eval()  # shares the hook with the CFG shift
+    with torch.no_grad():
+        assert torch.allclose(student(*args, x["audio"], *keep), moved, atol=1e-6)
