@@ -172,6 +172,39 @@ VARIANTS = {
             motion_loss_weight=4.0,
         ),  # fmt: skip
         Variant(
+            "res-v-motion-3e-4",
+            "res-v-motion at lr 3e-4",
+            loss_weighting="v",
+            lr=3e-4,
+            model={"prediction_type": "reference_residual"},
+            motion_loss_weight=4.0,
+        ),  # fmt: skip
+        Variant(
+            "res-v-at-motion-3e-4",
+            "res-v-motion-3e-4 + the audio added to the timestep embedding",
+            loss_weighting="v",
+            lr=3e-4,
+            model={"prediction_type": "reference_residual", "audio_time_embedding": True},
+            motion_loss_weight=4.0,
+        ),  # fmt: skip
+        Variant(
+            "res-v-motion-a2-5e-4",
+            "res-v-motion with α 2 at lr 5e-4",
+            loss_weighting="v",
+            lr=5e-4,
+            model={"prediction_type": "reference_residual"},
+            motion_loss_weight=2.0,
+        ),  # fmt: skip
+        Variant(
+            "res-v-motion-3e-4-aug",
+            "res-v-motion-3e-4 + identity augmentation (p 0.8)",
+            loss_weighting="v",
+            lr=3e-4,
+            model={"prediction_type": "reference_residual"},
+            motion_loss_weight=4.0,
+            identity_augment=0.8,
+        ),  # fmt: skip
+        Variant(
             "concat-v",
             "image → video, v weighting, lr 1e-3, reference concatenated to the input",
             ("image", "video"),
