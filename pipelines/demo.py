@@ -21,7 +21,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from pipelines.checkpoint import save_checkpoint
 from pipelines.curate import CurateConfig, run_curate
 from pipelines.demo_data import DemoDataConfig, generate_demo_data
 from pipelines.devices import resolve_device
-from pipelines.distill import DistillConfig, distill
+from pipelines.distill import DistillStage
 from pipelines.errors import UsageError
 from pipelines.evaluate import EvalConfig, evaluate
 from pipelines.faces import face_found_rate
@@ -46,7 +46,8 @@ from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
 from pipelines.pipeline import FadaPipeline
 from pipelines.progress import log
-from pipelines.train_teacher import TeacherTrainConfig, train_teacher
+from pipelines.train_teacher import TeacherStage
+from pipelines.training import FitResult, fit
 
 MARKER = "fada_demo.json"  # written first into DIR: marks a folder a rerun may replace
 SUMMARY = "demo_summary.json"
@@ -149,20 +150,19 @@ def distill_student(out: Path, teacher: Path, mode: str, share_s: float, config:
     """Distil ``mode`` from ``teacher`` into ``out/students/<mode>``: probe steps, then resume up to ``share_s``."""
     student = out / "students" / mode
     probe_steps = config.distill_probe_steps
-    distill_config = DistillConfig(mode=mode, steps=probe_steps, batch_size=config.batch_size, lr=config.distill_lr,
-                                   solver_steps=config.distill_solver_steps, seed=config.seed,
-                                   checkpoint_every=10**6)  # fmt: skip
+    options = dict(mode=mode, steps=probe_steps, batch_size=config.batch_size, lr=config.distill_lr,
+                   solver_steps=config.distill_solver_steps, seed=config.seed, checkpoint_every=10**6)  # fmt: skip
     manifest = out / "curated" / "distill.parquet"
-    probe = distill(teacher, manifest, student, distill_config, device, quiet=quiet)
+    probe = fit(DistillStage(teacher), manifest, student, overrides=options, device=device, quiet=quiet)
     step_s = probe.seconds / probe.steps_this_run
     steps = min(config.max_steps, probe_steps + plan_training_steps(share_s, probe.seconds, step_s, 0.0, 0, 10**9))
     log(f"distill {mode}: {step_s:.2f} s/step → {steps} steps", quiet=quiet)
     result = probe
     if steps > probe_steps:
-        result = distill(teacher, manifest, student, replace(distill_config, steps=steps), device, resume=True,
-                         quiet=quiet)  # fmt: skip
-    summary = {"steps": result.steps, "seconds_per_step": step_s, "final_loss": result.final_loss,
-               "final_loss_distill": result.final_loss_distill, "final_loss_gt": result.final_loss_gt}  # fmt: skip
+        result = fit(DistillStage(teacher), manifest, student, overrides=options | {"steps": steps}, resume=True,
+                     device=device, quiet=quiet)  # fmt: skip
+    losses = {f"final_{name}": result.means[name] for name in ("loss", "loss_distill", "loss_gt")}
+    summary = {"steps": result.steps, "seconds_per_step": step_s, **losses}
     return student, summary
 
 
@@ -239,13 +239,14 @@ def curate_and_split(out: Path, config: DemoConfig, truth: pd.DataFrame, quiet: 
                      per_frame_s)  # fmt: skip
 
 
-def teacher_configs(config: DemoConfig) -> dict[str, TeacherTrainConfig]:
-    """The image-stage and video-stage training configs of the demo recipe (probe-length steps)."""
+def teacher_options(config: DemoConfig) -> dict[str, dict]:
+    """The image-stage and video-stage options of the demo recipe (probe-length steps): the overrides
+    `training.fit` resolves, as it does `fada train-teacher`'s options (``--preset`` is ``config.preset``)."""
     common = dict(steps=config.probe_steps, lr=config.teacher_lr, loss_weighting=config.loss_weighting,
                   ema=config.teacher_ema, seed=config.seed, checkpoint_every=10**6)  # fmt: skip
     return {
-        "image": TeacherTrainConfig(stage="image", batch_size=config.image_batch_size, **common),
-        "video": TeacherTrainConfig(stage="video", batch_size=config.batch_size, **common),
+        "image": {"stage": "image", "batch_size": config.image_batch_size, **common},
+        "video": {"stage": "video", "batch_size": config.batch_size, **common},
     }
 
 
@@ -257,12 +258,16 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
     teacher's time (``TEACHER_SHARE`` of what is left before ``deadline`` after ``reserve_s``) and
     the video stage, started from it, up to the rest.
     """
-    model_config = get_preset(config.preset)
-    configs = teacher_configs(config)
+    options = teacher_options(config)
     image, video = out / "teacher" / "image", out / "teacher" / "video"
-    probe_image = train_teacher(split.train, image, model_config, configs["image"], device, quiet=quiet)
-    probe_video = train_teacher(split.train, video, model_config, configs["video"], device, init_from=image,
-                                quiet=quiet)  # fmt: skip
+
+    def train(folder: Path, stage: str, steps: int | None = None, **how) -> FitResult:
+        overrides = options[stage] if steps is None else options[stage] | {"steps": steps}
+        return fit(TeacherStage(), split.train, folder, preset=config.preset, overrides=overrides, device=device,
+                   quiet=quiet, **how)  # fmt: skip
+
+    probe_image = train(image, "image")
+    probe_video = train(video, "video", init_from=image)
     step_s = {"image": probe_image.seconds / probe_image.steps_this_run,
               "video": probe_video.seconds / probe_video.steps_this_run}  # fmt: skip
     teacher_s = TEACHER_SHARE * max(0.0, deadline - time.perf_counter() - reserve_s)
@@ -270,14 +275,12 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
         config.image_share * teacher_s, 0.0, step_s["image"], 0.0, config.min_steps, config.max_steps
     )
     log(f"teacher: {teacher_s:.0f} s; image stage {step_s['image']:.2f} s/step → {image_steps} steps", quiet=quiet)
-    result = train_teacher(split.train, image, model_config, replace(configs["image"], steps=image_steps), device,
-                           resume=True, quiet=quiet)  # fmt: skip
+    result = train(image, "image", image_steps, resume=True)
     # the video stage restarts from the finished image stage: the probe only timed it
     left_s = teacher_s * (1 - config.image_share) - step_s["video"] * config.probe_steps
     video_steps = plan_training_steps(left_s, 0.0, step_s["video"], 0.0, config.min_steps, config.max_steps)
     log(f"teacher: video stage {step_s['video']:.2f} s/step → {video_steps} steps", quiet=quiet)
-    video_result = train_teacher(split.train, video, model_config, replace(configs["video"], steps=video_steps),
-                                 device, init_from=image, overwrite=True, quiet=quiet)  # fmt: skip
+    video_result = train(video, "video", video_steps, init_from=image, overwrite=True)
     summary = {
         "checkpoint": str(video),
         "stages": {

@@ -14,7 +14,6 @@ the three come out of one batched forward (`denoise_multi_cfg`).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -436,25 +435,6 @@ def freeze_reference_tail(unet: UNet2DConditionModel) -> None:
         if module is not None:
             module.requires_grad_(False)
     last.transformer_blocks[-1].norm1.requires_grad_(True)  # produces the recorded input
-
-
-def build_student_from_teacher(teacher: FadaModel, cfg_conditioning: str, cfg_tokens: int = 4) -> FadaModel:
-    """A student with the teacher's weights plus a zero-initialised CFG conditioning (equal outputs at start)."""
-    config = dataclasses.replace(teacher.config, cfg_conditioning=cfg_conditioning, cfg_tokens=cfg_tokens)
-    student = FadaModel.from_config(config).to(device=teacher.device, dtype=teacher.dtype)
-    result = student.load_state_dict(teacher.state_dict(), strict=False)
-    own = [k for k in result.missing_keys if not k.startswith("cfg_conditioning.")]
-    if own or result.unexpected_keys:
-        raise ValueError(f"teacher/student mismatch: missing {own[:3]}, unexpected {result.unexpected_keys[:3]}")
-    return student
-
-
-def sample_condition_dropout(batch_size: int, p_audio: float = 0.10, p_both: float = 0.05, generator=None, device=None):
-    """Training dropout of SPEC §3: audio alone with p_audio, both with p_both → (drop_audio, drop_reference)."""
-    u = torch.rand(batch_size, generator=generator).to(device)
-    drop_both = u < p_both
-    drop_audio = u < p_both + p_audio  # audio alone for u in [p_both, p_both + p_audio)
-    return drop_audio, drop_both
 
 
 def _tile(x: torch.Tensor, b: int, name: str) -> torch.Tensor:

@@ -62,9 +62,6 @@ class ModelConfig:
     audio_window: int = 2  # frames each side of a video frame whose features it sees (W = 2·window + 1)
     audio_tokens: int = 4  # N: audio tokens per video frame
     audio_hidden_dim: int = 64  # width of the hidden layer of the audio projection MLP
-    # --- conditions (SPEC §3) ---
-    p_drop_audio: float = 0.10  # training: probability of dropping the audio alone (null audio tokens)
-    p_drop_both: float = 0.05  # training: probability of dropping audio and reference together
     # --- student CFG conditioning (SPEC §3, §4; Eq. 10) ---
     cfg_conditioning: str = "none"  # 'none' (teacher) | 'tokens' (Eq. 10) | 'layer' (no tokens) | 'time-embed'
     cfg_tokens: int = 4  # number of tokens in each of γ_a, γ_r, γ_b (and in the 'layer' scale embedding)
@@ -98,10 +95,6 @@ class ModelConfig:
                 f"audio_feature_dim={self.audio_feature_dim} does not match the mel encoder's "
                 f"{MEL_SUBFRAMES}·n_mels={mel_dim}; set audio_feature_dim={mel_dim}."
             )
-        for name in ("p_drop_audio", "p_drop_both"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise UsageError(f"{name}={value} must be a probability in [0, 1].")
 
     @property
     def latent_downsample(self) -> int:

@@ -184,7 +184,7 @@ CPU_ON_PURPOSE = {
     ("pipelines/distill.py", "distill_loss", "randn"): "ε drawn on the CPU, then .to(device)",
     ("pipelines/distill.py", "distill_loss", "zeros"): "no dropout in fast mode; .to(device) below",
     ("pipelines/distill.py", "_uniform", "rand"): "CFG scales drawn on the CPU; distill_loss moves them",
-    ("pipelines/model.py", "sample_condition_dropout", "rand"): "drawn on the CPU generator, then .to(device)",
+    ("pipelines/training.py", "sample_condition_dropout", "rand"): "drawn on the CPU generator, then .to(device)",
     ("pipelines/train_teacher.py", "teacher_loss", "randint"): "t on the CPU generator, then .to(device)",
     ("pipelines/train_teacher.py", "teacher_loss", "randn"): "ε on the CPU generator, then .to(device)",
     ("pipelines/pipeline.py", "FadaPipeline._clips", "Generator"): "seeded CPU generator: same video on any device",

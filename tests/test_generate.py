@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from fada_cli.main import app
 from pipelines import media
 from pipelines.checkpoint import save_checkpoint
+from pipelines.distill import build_student_from_teacher
 from pipelines.errors import MediaError
 from pipelines.generate import read_portrait
-from pipelines.model import FadaModel, build_student_from_teacher
+from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
 
 runner = CliRunner()
