@@ -283,8 +283,9 @@ def run_generation_case(options: dict, work: Path, device: str = "cpu", seconds:
     from PIL import Image
 
     from pipelines.demo_data import make_identity, synthesise_speech
-    from pipelines.generate import GenerateConfig, generate
+    from pipelines.generate import GenerateConfig
     from pipelines.media import write_audio
+    from pipelines.pipeline import generate
 
     base = rss_gb()
     checkpoint = work / f"ckpt-{options['mode']}"

@@ -183,8 +183,9 @@ def x0_errors(checkpoint: Path, data: dict) -> dict[str, float]:
 
 
 def teacher_video(checkpoint: Path, data: dict, speech: Path, out: Path):
-    from pipelines.generate import GenerateConfig, generate
+    from pipelines.generate import GenerateConfig
     from pipelines.media import read_video
+    from pipelines.pipeline import generate
 
     generate(checkpoint, data["portrait"], speech, out, GenerateConfig(steps=CURVE_STEPS, crop=False), "cpu", "fp32",
              quiet=True)  # fmt: skip

@@ -45,15 +45,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.ndimage import gaussian_filter1d
 
-from filters import background, face, motion, quality, sync
+from filters import background, face, image_quality, motion, sync
 from filters.base import ScoringSettings, analyse_clip
 from filters.tiers import Thresholds, assign_tier, write_thresholds
-from pipelines import faces, media
+from pipelines import curate_ray, faces, media
 from pipelines.errors import FadaError, ManifestError, UsageError
 from pipelines.manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 from pipelines.progress import make_progress
 
-SCORERS = (face, sync, motion, quality, background)  # every scorer, in the order they run
+SCORERS = (face, sync, motion, image_quality, background)  # every scorer, in the order they run
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 CLIPS_FOLDER = "clips"  # clip mp4s live in DIR/clips/
 NO_FILE = "."  # video_path of a rejected row that has no clip file
@@ -366,6 +366,13 @@ def write_part(rows: list[dict], out_dir: Path, source: Path, metadata: dict) ->
     return path
 
 
+def failed_part(source: Path, reason: str, out_dir: Path, metadata: dict) -> list[dict]:
+    """The rejected row of a source whose worker died, written as the source's part."""
+    rows = [failed_row(source, reason)]
+    write_part(rows, out_dir, source, metadata)
+    return rows
+
+
 def curate_source(source: Path, out_dir: Path, config: CurateConfig, done: frozenset[str],
                   metadata: dict) -> list[dict]:  # fmt: skip
     """Every new row of one source, written as its Parquet part before returning; the engines' task.
@@ -468,9 +475,8 @@ def iter_source_rows(sources: list[Path], out_dir: Path, config: CurateConfig, d
         else:
             todo.append(source)
     if config.engine == "ray":
-        from pipelines.curate_ray import iter_ray
-
-        yield from iter_ray(todo, out_dir, config, done, metadata)
+        done_by_path = {source: done.get(source_key(source), frozenset()) for source in todo}
+        yield from curate_ray.iter_ray(todo, out_dir, config, done_by_path, metadata, curate_source, failed_part)
     else:
         yield from iter_local(todo, out_dir, config, done, metadata)
 

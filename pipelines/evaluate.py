@@ -26,15 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from filters import quality
-from filters.base import ClipData, ScoringSettings
 from pipelines import faces
 from pipelines.devices import resolve_device
 from pipelines.errors import InputFileError, ManifestError, UsageError
 from pipelines.faces import FaceMeshTracker
 from pipelines.manifest import clip_path, read_manifest
-from pipelines.media import probe_video, read_audio, read_video
-from pipelines.metrics import extractors, mouth_window, proxies
+from pipelines.media import AUDIO_SR, probe_video, read_audio, read_video
+from pipelines.metrics import extractors, mouth_window, proxies, quality
 from pipelines.metrics.frechet import frechet_distance_of_features
 from pipelines.progress import log, make_progress
 
@@ -58,7 +56,7 @@ class EvalConfig:
     r3d_weights: Path | None = None  # 3D-ResNet TorchScript → FVD-R
     expression_weights: Path | None = None  # expression-coefficient TorchScript → E-FID
     iqa_metric: str | None = "musiq"  # learned pyiqa metric read from pyiqa's local cache → iqa; None: none
-    nr_iqa_metric: str = "piqe"  # weight-free pyiqa metric (`filters.quality.WEIGHT_FREE_IQA`), always run
+    nr_iqa_metric: str = "piqe"  # weight-free pyiqa metric (`metrics.quality.WEIGHT_FREE_IQA`), always run
     device: str = "cpu"  # where the TorchScript extractors run (auto, cpu, cuda[:N], mps)
     batch_size: int = 16  # frames (or 16-frame clips) per extractor call
     e_fid_components: int = 16  # PCA components of the E-FID proxy
@@ -223,10 +221,9 @@ def analyse_video(path: Path, loaded: LoadedExtractors, config: EvalConfig, with
     anchor = _mouth_anchor(frames, landmarks, portrait)
     row["mouth_found_by"] = anchor.source if anchor is not None else ""
     if has_audio:
-        settings = ScoringSettings(syncnet_weights=config.syncnet_weights, iqa_metric=None)
-        clip = ClipData(frames=frames, audio=read_audio(path), fps=fps, landmarks=landmarks, settings=settings)
-        for scores in (proxies.syncnet_scores(clip), proxies.sync_proxy(frames, clip.audio, fps, clip.audio_sr,
-                                                                        landmarks, anchor)):  # fmt: skip
+        audio = read_audio(path)
+        for scores in (proxies.syncnet_scores(frames, audio, config.syncnet_weights),
+                       proxies.sync_proxy(frames, audio, fps, AUDIO_SR, landmarks, anchor)):  # fmt: skip
             notes += [scores.pop("notes")] if "notes" in scores else []
             row.update(scores)
     else:

@@ -1,11 +1,12 @@
-"""Portrait + speech → talking-portrait mp4 (with the speech muxed) + a stats JSON beside it.
+"""What generation is built from: its config, how a checkpoint is sampled, portrait and speech input, stats.
 
-`generate` reads as the numbered steps of SPEC §3–4: the reference net runs once per clip of
+`pipelines.pipeline` puts these together (`FadaPipeline`, and `generate`: portrait + speech → mp4 +
+stats JSON) as the numbered steps of docs/DESIGN.md §3–§4: the reference net runs once per clip of
 F frames (on the reference image and the last M generated frames), the denoising net runs
 ``steps × branches`` times per clip. How a checkpoint is sampled is a `SamplingStrategy`
 picked from its stage and mode (`strategy_for`): the teacher is DDIM with the three multi-CFG
 branches (ε_a, ε_r, ε_b) batched in one forward per step (Eq. 9), NFE-D 25 × 3 = 75; a balanced
-student is PeRFlow (SPEC §4 Inference) with the same three branches, 6 × 3 = 18; a fast student
+student is PeRFlow (DESIGN §4, inference) with the same three branches, 6 × 3 = 18; a fast student
 is PeRFlow with one forward per step, the CFG scales entering as CFG tokens (Eq. 10), 6 × 1 = 6.
 
 Long speech runs in bounded memory: the loop holds one clip (and its motion frames), each clip's
@@ -276,34 +277,3 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 def stats_path(out_mp4: Path) -> Path:
     """``OUT.json`` beside ``OUT.mp4``."""
     return out_mp4.with_suffix(".json")
-
-
-# --- the pipeline -------------------------------------------------------------------------------
-
-
-def generate(
-    checkpoint: str | Path,
-    image: str | Path,
-    audio: str | Path,
-    out_mp4: str | Path,
-    config: GenerateConfig = GenerateConfig(),
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "fp32",
-    quiet: bool = False,
-    stream: bool = False,
-) -> GenerationStats:
-    """Generate ``out_mp4`` (speech muxed) and ``out_mp4.json``: `FadaPipeline.write` of a freshly loaded checkpoint.
-
-    To generate several videos from one checkpoint, load it once with `FadaPipeline.from_checkpoint`.
-    """
-    from pipelines.pipeline import FadaPipeline  # it builds on this module
-
-    out_mp4 = Path(out_mp4)
-    if out_mp4.suffix.lower() != ".mp4" or out_mp4.is_dir():
-        raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
-    if not Path(image).is_file():
-        raise InputFileError(f"portrait {image} does not exist; pass an image file with --image.")
-    if not Path(audio).is_file():
-        raise InputFileError(f"speech {audio} does not exist; pass an audio file with --audio.")
-    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device, dtype=dtype)
-    return pipe.write(image, audio, out_mp4, config, stream=stream, quiet=quiet)

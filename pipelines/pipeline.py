@@ -31,7 +31,7 @@ from pipelines import media
 from pipelines.audio import AudioFeatureWindows, Wav2Vec2Encoder, build_audio_encoder
 from pipelines.checkpoint import CheckpointInfo, load_checkpoint_info
 from pipelines.devices import enable_tf32, resolve_device, resolve_dtype
-from pipelines.errors import MediaError, UsageError
+from pipelines.errors import InputFileError, MediaError, UsageError
 from pipelines.generate import (
     MIN_AUDIO_S,
     GenerateConfig,
@@ -339,3 +339,29 @@ class FadaPipeline:
             dtype=str(self.dtype).removeprefix("torch."),
         )
         return stats, speech
+
+
+def generate(
+    checkpoint: str | Path,
+    image: str | Path,
+    audio: str | Path,
+    out_mp4: str | Path,
+    config: GenerateConfig | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "fp32",
+    quiet: bool = False,
+    stream: bool = False,
+) -> GenerationStats:
+    """Generate ``out_mp4`` (speech muxed) and ``out_mp4.json``: `FadaPipeline.write` of a freshly loaded checkpoint.
+
+    To generate several videos from one checkpoint, load it once with `FadaPipeline.from_checkpoint`.
+    """
+    out_mp4 = Path(out_mp4)
+    if out_mp4.suffix.lower() != ".mp4" or out_mp4.is_dir():
+        raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
+    if not Path(image).is_file():
+        raise InputFileError(f"portrait {image} does not exist; pass an image file with --image.")
+    if not Path(audio).is_file():
+        raise InputFileError(f"speech {audio} does not exist; pass an audio file with --audio.")
+    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device, dtype=dtype)
+    return pipe.write(image, audio, out_mp4, config or GenerateConfig(), stream=stream, quiet=quiet)

@@ -222,9 +222,9 @@ CPU_ON_PURPOSE = {
     ("pipelines/metrics/extractors.py", "_expression_input", "from_numpy"): "moved by _forward",
     ("pipelines/metrics/extractors.py", "load_torchscript", "zeros"): "probe input, moved by _forward",
     # curation scorers load their networks on the CPU (map_location="cpu", device="cpu")
-    ("filters/quality.py", "pyiqa_score", "from_numpy"): "pyiqa metric created on the CPU",
-    ("filters/quality.py", "full_reference", "from_numpy"): "pyiqa PSNR/SSIM metrics created on the CPU",
-    ("filters/sync.py", "syncnet_scores", "from_numpy"): "SyncNet loaded on the CPU",
+    ("pipelines/metrics/quality.py", "pyiqa_score", "from_numpy"): "pyiqa metric created on the CPU",
+    ("pipelines/metrics/quality.py", "full_reference", "from_numpy"): "pyiqa PSNR/SSIM metrics created on the CPU",
+    ("pipelines/metrics/lip_sync.py", "syncnet_scores", "from_numpy"): "SyncNet loaded on the CPU",
 }
 
 

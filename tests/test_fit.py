@@ -104,8 +104,9 @@ def test_demo_teacher_and_train_teacher_resolve_the_same_config(manifest, tmp_pa
     options = teacher_options(demo)["image"] | {"steps": 1}
     out = tmp_path / "cli"
     flags = ["--stage", "image", "--batch-size", str(options["batch_size"]), "--lr", str(options["lr"]),
-             "--loss-weighting", options["loss_weighting"], "--ema", str(options["ema"]), "--seed", str(options["seed"]),
-             "--checkpoint-every", str(options["checkpoint_every"]), "--steps", "1"]  # fmt: skip
+             "--loss-weighting", options["loss_weighting"], "--ema", str(options["ema"]),
+             "--seed", str(options["seed"]), "--checkpoint-every", str(options["checkpoint_every"]),
+             "--steps", "1"]  # fmt: skip
     args = ["train-teacher", "--manifest", str(manifest), "--out", str(out), "--preset", demo.preset, *flags]
     result = runner.invoke(app, [*args, "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output

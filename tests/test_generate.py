@@ -309,7 +309,8 @@ def test_a_failure_mid_generation_leaves_no_file(teacher, inputs, tmp_path, monk
         return original_decode(self, latents)
 
     monkeypatch.setattr(FadaModel, "decode_latents", failing_decode)
-    from pipelines.generate import GenerateConfig, generate
+    from pipelines.generate import GenerateConfig
+    from pipelines.pipeline import generate
 
     with pytest.raises(RuntimeError, match="clip 3"):
         generate(teacher, portrait, speech, tmp_path / "talk.mp4", GenerateConfig(steps=1), device="cpu", quiet=True)
