@@ -380,19 +380,6 @@ def _key(key: object) -> object:
     return tuple(key) if isinstance(key, list) else key  # JSON turns tuple keys into lists
 
 
-def optimizer_state_to_tensors(state_dict: Mapping) -> tuple[dict[str, torch.Tensor], dict]:
-    """Flatten ``optimizer.state_dict()`` into ``(tensors, meta)`` (see `pack_state`)."""
-    tensors, tree = pack_state(state_dict, prefix="optimizer")
-    return tensors, {"optimizer": tree}
-
-
-def optimizer_state_from_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> dict:
-    """The inverse of `optimizer_state_to_tensors`, ready for ``optimizer.load_state_dict``."""
-    if "optimizer" not in meta:
-        raise CheckpointError("training state holds no optimizer state; resume from a training checkpoint.")
-    return unpack_state(tensors, meta["optimizer"])
-
-
 def rng_state() -> dict:
     """The RNG states of python `random`, numpy, torch CPU and (if present) every CUDA device."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

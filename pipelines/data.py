@@ -1,6 +1,6 @@
 """The training data: clips of a manifest → frame windows, reference, motion frames, audio features.
 
-One item is one training window of F frames (SPEC §3):
+One item is one training window of F frames (DESIGN §3):
 
 - ``frames``: F consecutive frames from a random window start, images in [-1, 1], (F, 3, S, S);
 - ``reference``: another frame of the same clip, drawn outside the window and its motion frames

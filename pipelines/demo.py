@@ -2,7 +2,7 @@
 
 1. demo-data: synthetic talking portraits with known ground truth (`pipelines.demo_data`);
 2. curate: score and tier them (`pipelines.curate`); the last identity is held out of training;
-3. train-teacher on the tier-A clips of the other identities in two stages (SPEC §3b): the image
+3. train-teacher on the tier-A clips of the other identities in two stages (DESIGN §3b): the image
    stage (single frames, reference net + denoising net), then the video stage (the audio path and
    the temporal layers on F-frame windows). A few probe steps time each stage, then each resumes up
    to the steps its share of the minutes left pays for (`DemoConfig.image_share`);

@@ -1,4 +1,4 @@
-"""The demo dataset (SPEC §2): synthetic talking portraits with known ground truth.
+"""The demo dataset (DESIGN §2): synthetic talking portraits with known ground truth.
 
 Every identity is derived from the real portrait that scikit-image ships (`skimage.data.astronaut`)
 by a geometry change (flip, face width) and new skin, hair, clothes and background colours; the

@@ -1,6 +1,6 @@
 """Device and dtype selection: `--device auto|cpu|cuda[:N]|mps`, `--dtype fp32|bf16|fp16`.
 
-No silent fallback: asking for a device that is not there is an error (SPEC §1).
+No silent fallback: asking for a device that is not there is an error (DESIGN §1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`fada eval`: generated videos against reference videos with the metrics of SPEC §6.
+"""`fada eval`: generated videos against reference videos with the metrics of DESIGN §6.
 
 1. list both sets (a clip manifest or a folder of mp4) and pair them by file stem;
 2. load the learned extractors the user named (each checked against its contract, file hashed);
@@ -37,7 +37,7 @@ from pipelines.metrics.frechet import frechet_distance_of_features
 from pipelines.progress import log, make_progress
 
 SETS = ("generated", "reference")
-FID_STABLE_FRAMES = 2048  # SPEC §6: fewer Inception frames do not give a stable FID
+FID_STABLE_FRAMES = 2048  # DESIGN §6: fewer Inception frames do not give a stable FID
 WEIGHT_OPTIONS = {
     "fid": "inception_weights",
     "fvd": "i3d_weights",
@@ -399,7 +399,7 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
             continue
         gen, ref = (np.concatenate([v[metric] for v in samples[s]]) for s in SETS)
         note = (
-            f"N < {FID_STABLE_FRAMES} frames: not a stable figure (SPEC §6)"
+            f"N < {FID_STABLE_FRAMES} frames: not a stable figure (DESIGN §6)"
             if metric == "fid" and len(gen) < FID_STABLE_FRAMES
             else ""
         )

@@ -1,4 +1,4 @@
-"""The paper's math (FADA, arXiv 2412.16915, Eqs. 2-10), exactly as SPEC §4 states it.
+"""The paper's math (FADA, arXiv 2412.16915, Eqs. 2-10), exactly as DESIGN §4 states it.
 
 Torch only, no I/O. Every function accepts floats or tensors and keeps float64 inputs in
 float64. Conventions (PeRFlow reference code, K windows):
@@ -145,7 +145,7 @@ def window_of(t: Number, K: int = 4) -> Number:
 
 
 def boundary_index(t: Number) -> Number:
-    """ᾱ index of a window boundary t: max(1000·t − 1, 0) → 999, 749, 499, 249, 0 (SPEC §4).
+    """ᾱ index of a window boundary t: max(1000·t − 1, 0) → 999, 749, 499, 249, 0 (DESIGN §4).
 
     t = 0 maps to ᾱ_0 = 0.99915, not 1 (``set_alpha_to_one=False``). Float → int; tensor →
     long tensor.
@@ -222,7 +222,7 @@ def perflow_eps_target(z_start, z_end, alphas_cumprod: torch.Tensor, k: Number, 
 
 
 def perflow_times(num_steps: int = 6, K: int = 4) -> list[float]:
-    """Continuous times t of an N-step PeRFlow sampler over K windows (SPEC §4, Inference).
+    """Continuous times t of an N-step PeRFlow sampler over K windows (DESIGN §4, Inference).
 
     Each window gets N // K evenly spaced steps starting at its start t_k; the N % K windows
     nearest t = 1 get one more. 6 steps, K = 4: [1, .875, .75, .625, .5, .25]. Raises

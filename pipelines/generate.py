@@ -101,12 +101,12 @@ class SamplingStrategy:
     default_steps: int  # steps when GenerateConfig.steps is None
     make_scheduler: Callable[[int], DDIMSampler]  # steps -> object with .timesteps and .step(eps, z, i)
     guided_eps: Callable[..., torch.Tensor]  # (model, z, timestep, audio_tokens, reference, config) -> ε
-    default_cfg_ref: float = 2.5  # --cfg-ref when not given: 2.5 without CFG distillation, 2.0 with it (SPEC §4)
+    default_cfg_ref: float = 2.5  # --cfg-ref when not given: 2.5 without CFG distillation, 2.0 with it (DESIGN §4)
     branches: int = 3  # denoising-net evaluations per step: 3 multi-CFG branches (Eq. 9), 1 with CFG tokens (Eq. 10)
 
 
 def multi_cfg_eps(model: FadaModel, z, timestep: float, audio_tokens, reference, config: GenerateConfig):
-    """ε_cfg of Eq. 9 from ONE denoising-net forward of batch 3 (ε_a, ε_r, ε_b; SPEC §3 states).
+    """ε_cfg of Eq. 9 from ONE denoising-net forward of batch 3 (ε_a, ε_r, ε_b; DESIGN §3 states).
 
     ``z``: (1, F, C, h, w) float32; ``audio_tokens``: (1, F, N, D); ``reference``: the clip's
     `ReferenceFeatures`. Adds 3 to ``model.nfe_counter``.

@@ -1,4 +1,4 @@
-"""`FadaModel`: the dual-UNet audio-driven portrait model shared by the teacher and the student (SPEC §3).
+"""`FadaModel`: the dual-UNet audio-driven portrait model shared by the teacher and the student (DESIGN §3).
 
 Components (each a diffusers `ModelMixin`, saved as config.json + safetensors by `save_checkpoint`):
 `reference_unet` and `denoising_unet` (plain `UNet2DConditionModel`s, loadable on their own),
@@ -7,7 +7,7 @@ only) and `vae` (latent configs only). The extra behaviour — reference attenti
 the CFG layer, temporal attention — is installed with attention processors and forward hooks
 (`pipelines.attention`), never by replacing a `forward`.
 
-Condition states (SPEC §3): ε_a = (audio, reference), ε_r = (null audio, reference),
+Condition states (DESIGN §3): ε_a = (audio, reference), ε_r = (null audio, reference),
 ε_b = (null audio, no reference); `denoise` takes per-sample `drop_audio` / `drop_reference`, so
 the three come out of one batched forward (`denoise_multi_cfg`).
 """
@@ -106,7 +106,7 @@ class FadaModel(torch.nn.Module):
         """A freshly initialised model (temporal and CFG output projections zero).
 
         The reference net starts as an exact copy of the denoising net, as both do when they are
-        initialised from the same SD1.5 UNet (`from_pretrained_sd`; SPEC §3b).
+        initialised from the same SD1.5 UNet (`from_pretrained_sd`; DESIGN §3b).
         """
         denoising_unet = build_unet(config)
         reference_unet = build_unet(config)
@@ -149,7 +149,7 @@ class FadaModel(torch.nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, expect_stage=None, device="cpu", dtype=torch.float32) -> FadaModel:
-        """Rebuild from a checkpoint folder (SPEC §5); the model config is `config["model"]`."""
+        """Rebuild from a checkpoint folder (DESIGN §5); the model config is `config["model"]`."""
         from pipelines.checkpoint import load_checkpoint_info, load_component
 
         info = load_checkpoint_info(path, expect_stage)
@@ -318,7 +318,7 @@ class FadaModel(torch.nn.Module):
         return eps.reshape(b, f, *eps.shape[1:])  # (B, F, C, h, w)
 
     def denoise_multi_cfg(self, noisy, timesteps, audio_tokens, reference_features, cfg_scales=None):
-        """(ε_a, ε_r, ε_b) for B clips from ONE forward of batch 3B (SPEC §4, Eq. 9 inputs; NFE += 3)."""
+        """(ε_a, ε_r, ε_b) for B clips from ONE forward of batch 3B (DESIGN §4, Eq. 9 inputs; NFE += 3)."""
         b = noisy.shape[0]
         device = noisy.device
         flags = torch.tensor([[False, False], [True, False], [True, True]], device=device)  # (audio, ref) drops

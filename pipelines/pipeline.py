@@ -6,7 +6,7 @@
         show(frames)
 
 `__call__`, `stream` and `write` (what `fada generate` runs) share one clip loop (`_clips`), the
-numbered steps of SPEC §3–4 described in `pipelines.generate`. Streaming: clip k (frames
+numbered steps of DESIGN §3–4 described in `pipelines.generate`. Streaming: clip k (frames
 [kF, (k+1)F)) is generated as soon as the audio received covers its frames, the ±`audio_window`
 frames its features stack and the encoder's own context (1 frame for mel, 50 for wav2vec2); the
 rest when the audio ends. For the mel encoder a streamed clip's features are exactly those of the

@@ -57,7 +57,7 @@ from pipelines.model import FadaModel
 from pipelines.schedulers import NUM_TRAIN_TIMESTEPS, add_noise, sd15_alphas_cumprod
 from pipelines.training import Resolved, Run, Stage, TrainConfig, sample_condition_dropout
 
-STAGE = MODE = "teacher"
+STAGE = "teacher"
 LOSS_WEIGHTINGS = ("eps", "min-snr", "truncated-snr", "v")
 TEACHER_STAGES = ("joint", "image", "video")  # what `stage` trains (see the module docstring)
 VIDEO_TRAINABLE = ("audio-temporal", "all")  # what the video stage trains

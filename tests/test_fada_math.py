@@ -1,4 +1,4 @@
-"""The paper's math (SPEC §4) against hand-computed values."""
+"""The paper's math (DESIGN §4) against hand-computed values."""
 
 from __future__ import annotations
 

@@ -129,3 +129,32 @@ def test_resolution_applies_preset_defaults_then_overrides():
     assert plain.model_config.preset == "demo" and plain.config.mixed_precision == "no"
     with pytest.raises(UsageError, match="unknown training config key"):
         resolve_configs(TeacherStage(), "unused", overrides={"learning_rate": 1e-4})
+
+
+def test_a_format_1_checkpoint_with_dropout_in_its_model_config_loads_and_resumes(manifest, tmp_path):
+    """Format 1 kept p_drop_audio / p_drop_both in the model config; they are read as training options."""
+    import json
+
+    from pipelines.checkpoint import CHECKPOINT_FILE, FORMAT_VERSION, checkpoint_hash
+    from pipelines.model import FadaModel
+
+    out = tmp_path / "old"
+    overrides = {"steps": 1, "batch_size": 1, "seed": 5, "p_drop_audio": 0.2, "p_drop_both": 0.1}
+    fit(TeacherStage(), manifest, out, preset="tiny", overrides=overrides, device="cpu", quiet=True)
+    record = json.loads((out / CHECKPOINT_FILE).read_text())
+    assert record["format_version"] == FORMAT_VERSION == 2 and "p_drop_audio" not in record["config"]["model"]
+    # rewrite it as format 1 wrote it
+    record["format_version"] = 1
+    for name in ("p_drop_audio", "p_drop_both"):
+        record["config"]["model"][name] = record["config"]["train"].pop(name)
+    (out / CHECKPOINT_FILE).write_text(json.dumps(record))
+    hash_before = checkpoint_hash(out)
+    info = load_checkpoint_info(out, expect_stage="teacher")
+    assert "p_drop_audio" not in info.config["model"] and info.config["train"]["p_drop_audio"] == 0.2
+    assert FadaModel.from_checkpoint(out).config.preset == "tiny"
+    assert checkpoint_hash(out) == hash_before  # hashed as written: a student's record of it still matches
+    resumed = fit(TeacherStage(), manifest, out, overrides={"steps": 2}, resume=True, device="cpu", quiet=True)
+    assert resumed.steps_this_run == 1
+    saved = json.loads((out / CHECKPOINT_FILE).read_text())
+    assert saved["format_version"] == 2 and saved["config"]["train"]["p_drop_both"] == 0.1
+    assert "p_drop_both" not in saved["config"]["model"]

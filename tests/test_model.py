@@ -1,4 +1,4 @@
-"""The shared teacher/student model (SPEC §3): configs, audio features, processors, FadaModel."""
+"""The shared teacher/student model (DESIGN §3): configs, audio features, processors, FadaModel."""
 
 from __future__ import annotations
 
