@@ -72,7 +72,7 @@ def parse_scales(text: str, field: str) -> tuple[float, ...]:
 
 def held_out_clips(reference: Path, image: Path | None, work_dir: Path, max_videos: int | None) -> list[HeldOutClip]:
     """The clips of the held-out set; without ``image`` each clip's first frame is its portrait."""
-    videos = list_videos(reference, "--reference")
+    videos = list_videos(reference, "`reference`")
     stems = sorted(videos)[:max_videos]
     clips = []
     for stem in stems:

@@ -87,18 +87,18 @@ class CurateConfig:
         checks = [
             (
                 16 <= self.size <= 4096 and self.size % 2 == 0,
-                f"--size must be even, 16..4096, got {self.size}",
+                f"`size` must be even, 16..4096, got {self.size}",
             ),
-            (self.min_seconds > 0, f"--min-seconds must be > 0, got {self.min_seconds}"),
+            (self.min_seconds > 0, f"`min_seconds` must be > 0, got {self.min_seconds}"),
             (
                 self.max_seconds >= self.min_seconds,
-                f"--max-seconds ({self.max_seconds}) must be ≥ --min-seconds ({self.min_seconds})",
+                f"`max_seconds` ({self.max_seconds}) must be ≥ `min_seconds` ({self.min_seconds})",
             ),
-            (self.workers >= 1, f"--workers must be ≥ 1, got {self.workers}"),
-            (self.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"),
+            (self.workers >= 1, f"`workers` must be ≥ 1, got {self.workers}"),
+            (self.engine in ENGINES, f"`engine` must be one of {', '.join(ENGINES)}, got {self.engine!r}"),
             (
                 self.ray_address is None or self.engine == "ray",
-                f"--ray-address {self.ray_address} needs --engine ray",
+                f"`ray_address` {self.ray_address} needs `engine` ray",
             ),
         ]
         for ok, message in checks:
@@ -457,7 +457,7 @@ def iter_local(sources: list[Path], out_dir: Path, config: CurateConfig, done: d
             except BrokenProcessPool as exc:  # a worker died (killed, out of memory): the pool is gone
                 raise FadaError(
                     f"a curate worker died while on {source} ({exc}); finished sources are kept, "
-                    "rerun with --resume (fewer --workers if memory ran out)."
+                    "rerun with `resume` (fewer `workers` if memory ran out)."
                 ) from exc
 
 
@@ -543,11 +543,11 @@ def run_curate(inputs: list[Path], out_dir: Path, config: CurateConfig, resume: 
         raise UsageError(f"no videos found in {[str(i) for i in inputs]}; expected {sorted(VIDEO_SUFFIXES)} files.")
     manifest_path, parts_folder = out_dir / MANIFEST_NAME, out_dir / PARTS_FOLDER
     if manifest_path.exists() and not resume:
-        raise UsageError(f"{manifest_path} already exists; pass --resume to continue it or choose another --out.")
+        raise UsageError(f"{manifest_path} already exists; pass `resume` to continue it or choose another `out`.")
     if parts_folder.is_dir() and any(parts_folder.glob("*.parquet")) and not resume:
         raise UsageError(
             f"{parts_folder} holds the finished sources of an interrupted run; "
-            "pass --resume to continue it or choose another --out."
+            "pass `resume` to continue it or choose another `out`."
         )
     (out_dir / CLIPS_FOLDER).mkdir(parents=True, exist_ok=True)
     parts_folder.mkdir(exist_ok=True)

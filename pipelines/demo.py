@@ -84,11 +84,11 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             choices = ", ".join(PRESETS)
-            raise UsageError(f"--preset {self.preset!r} is not valid for the CPU demo; use one of {choices}.")
+            raise UsageError(f"`preset` {self.preset!r} is not valid for the CPU demo; use one of {choices}.")
         if not 0.0 < self.image_share < 1.0:
             raise UsageError(f"image_share {self.image_share} is not valid; use a fraction between 0 and 1.")
         if not (math.isfinite(self.minutes) and self.minutes >= 1):
-            raise UsageError(f"--minutes {self.minutes} is not valid; use 1 or more (15 runs the default demo).")
+            raise UsageError(f"`minutes` {self.minutes} is not valid; use 1 or more (15 runs the default demo).")
 
     def data_config(self) -> DemoDataConfig:
         """The demo dataset: bigger for the demo preset, just enough for tiny."""
@@ -168,7 +168,7 @@ def distill_student(out: Path, teacher: Path, mode: str, share_s: float, config:
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise UsageError(f"--out {out} exists and is not a previous `fada demo` folder; name a new or empty folder.")
+        raise UsageError(f"`out` {out} exists and is not a previous `fada demo` folder; name a new or empty folder.")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -224,7 +224,7 @@ def curate_and_split(out: Path, config: DemoConfig, truth: pd.DataFrame, quiet: 
     if not (train_rows["tier"] == "A").any() or held_rows.empty:
         raise UsageError(
             f"curate gave {int((train_rows['tier'] == 'A').sum())} tier-A training clips and {len(held_rows)} "
-            f"held-out clips of {held_identity}; rerun with another --seed."
+            f"held-out clips of {held_identity}; rerun with another `seed`."
         )
     held_rows = held_rows.head(config.eval_clips)
     folder, extra = out / "curated", {"held_out_identity": held_identity}

@@ -313,7 +313,7 @@ def plot_ratio_histogram(samples_csv: Path, out_png: Path, gt_weight: str) -> Pa
     ax.set_xscale("log")
     ax.set_xlabel("R = L_gt / L_distill (per sample)")
     ax.set_ylabel("samples")
-    ax.set_title(f"mixed supervision ratio, {len(ratios)} samples, --gt-weight {gt_weight}")
+    ax.set_title(f"mixed supervision ratio, {len(ratios)} samples, gt_weight {gt_weight}")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)

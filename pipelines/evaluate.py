@@ -150,7 +150,7 @@ def load_extractors(config: EvalConfig) -> LoadedExtractors:
         if getattr(config, attribute) is not None
     }
     syncnet = extractors.load_syncnet(config.syncnet_weights) if config.syncnet_weights is not None else None
-    problem = quality.pyiqa_weights_problem(config.iqa_metric) if config.iqa_metric else "no --iqa-metric chosen"
+    problem = quality.pyiqa_weights_problem(config.iqa_metric) if config.iqa_metric else "no `iqa_metric` chosen"
     return LoadedExtractors(torchscript, syncnet, problem, quality.lpips_weights_problem())
 
 
@@ -448,7 +448,7 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate the generated set against the reference set; write metrics.json and per_video.parquet."""
     # 1. sources and pairs
-    videos = {"generated": list_videos(generated, "--generated"), "reference": list_videos(reference, "--reference")}
+    videos = {"generated": list_videos(generated, "`generated`"), "reference": list_videos(reference, "`reference`")}
     stems = pair_videos(videos["generated"], videos["reference"])
     unpaired = {s: sorted(set(videos[s]) - set(stems)) for s in SETS}
     for s in SETS:

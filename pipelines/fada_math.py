@@ -105,7 +105,7 @@ def parse_gt_weight(mode: str) -> tuple[str, float | None]:
         if math.isfinite(value) and value >= 0:
             return "fixed", value
     raise UsageError(
-        f"--gt-weight {mode!r} is not valid; use adaptive, adaptive-unlimited or fixed-X "
+        f"`gt_weight` {mode!r} is not valid; use adaptive, adaptive-unlimited or fixed-X "
         "with X a number >= 0 (e.g. fixed-0.2)."
     )
 
@@ -165,7 +165,7 @@ def window_solver_indices(k: Number, n: int, K: int = 4) -> torch.Tensor:
     """
     if n < 1 or NUM_TRAIN_TIMESTEPS % (K * n) != 0:
         raise UsageError(
-            f"--solver-steps {n} does not divide a window of {NUM_TRAIN_TIMESTEPS // K} "
+            f"`solver_steps` {n} does not divide a window of {NUM_TRAIN_TIMESTEPS // K} "
             f"timesteps (K={K}); pick n with 1000/(K·n) an integer, e.g. 5, 10 or 25."
         )
     stride = NUM_TRAIN_TIMESTEPS // (K * n)  # ᾱ indices per solver step
@@ -230,7 +230,7 @@ def perflow_times(num_steps: int = 6, K: int = 4) -> list[float]:
     """
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < K or K < 1:
         raise UsageError(
-            f"--steps {num_steps!r} is not valid for {K} PeRFlow windows; use an integer >= {K} "
+            f"`steps` {num_steps!r} is not valid for {K} PeRFlow windows; use an integer >= {K} "
             "(6 for the paper's fast sampler)."
         )
     times = []

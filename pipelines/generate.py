@@ -168,7 +168,7 @@ def checkpoint_strategy(checkpoint: str | Path | CheckpointInfo) -> SamplingStra
 def read_portrait(path: Path) -> np.ndarray:
     """Any PIL-readable image → RGB uint8 (H, W, 3); alpha is composited on white."""
     if not path.is_file():
-        raise InputFileError(f"portrait {path} does not exist; pass an image file with --image.")
+        raise InputFileError(f"portrait {path} does not exist; pass an image file with `image`.")
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
@@ -211,7 +211,7 @@ def crop_portrait(rgb: np.ndarray, size: int, crop: bool, scale: float, path: Pa
 def read_speech(path: Path, quiet: bool) -> np.ndarray:
     """Speech of any format/rate → float32 mono 16 kHz; too short is an error, silence a warning."""
     if not path.is_file():
-        raise InputFileError(f"speech {path} does not exist; pass an audio file with --audio.")
+        raise InputFileError(f"speech {path} does not exist; pass an audio file with `audio`.")
     audio = media.read_audio(path)
     seconds = len(audio) / media.AUDIO_SR
     if seconds < MIN_AUDIO_S:
@@ -240,7 +240,7 @@ def check_config(config: GenerateConfig, model: FadaModel, strategy: SamplingStr
         )
     if motion > frames:
         raise UsageError(f"--motion-frames {motion} exceeds --frames-per-clip {frames}; use at most {frames}.")
-    for name, value in (("--cfg-audio", config.cfg_audio), ("--cfg-ref", config.cfg_ref)):
+    for name, value in (("`cfg_audio`", config.cfg_audio), ("`cfg_ref`", config.cfg_ref)):
         if not math.isfinite(value):
             raise UsageError(f"{name} {value} is not a finite number; use e.g. 6.5 or 2.5.")
     if not 1.0 <= config.crop_scale <= 4.0:

@@ -446,7 +446,7 @@ def _tile(x: torch.Tensor, b: int, name: str) -> torch.Tensor:
 def _load_pretrained(cls, folder: Path):
     if not (folder / "config.json").is_file():
         raise InputFileError(
-            f"{folder} has no config.json; --pretrained-sd must be a diffusers-layout SD1.5 folder (unet/, vae/)."
+            f"{folder} has no config.json; `pretrained_sd` must be a diffusers-layout SD1.5 folder (unet/, vae/)."
         )
     try:
         return cls.from_pretrained(folder, use_safetensors=True, local_files_only=True)

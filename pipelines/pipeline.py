@@ -231,7 +231,7 @@ class FadaPipeline:
             config = replace(config, cfg_ref=strategy.default_cfg_ref)
         if self.info.image_only and config.cfg_audio != 0:
             log(f"[yellow]note:[/] {self.info.path} is an image-stage teacher (no trained audio path); generating "
-                "with --cfg-audio 0, so the mouth will not follow the speech.", quiet=quiet)  # fmt: skip
+                "with `cfg_audio` 0, so the mouth will not follow the speech.", quiet=quiet)  # fmt: skip
             config = replace(config, cfg_audio=0.0)
         steps, frames_per_clip, motion_frames = check_config(config, model, strategy)
         scheduler = strategy.make_scheduler(steps)
@@ -360,8 +360,8 @@ def generate(
     if out_mp4.suffix.lower() != ".mp4" or out_mp4.is_dir():
         raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
     if not Path(image).is_file():
-        raise InputFileError(f"portrait {image} does not exist; pass an image file with --image.")
+        raise InputFileError(f"portrait {image} does not exist; pass an image file with `image`.")
     if not Path(audio).is_file():
-        raise InputFileError(f"speech {audio} does not exist; pass an audio file with --audio.")
+        raise InputFileError(f"speech {audio} does not exist; pass an audio file with `audio`.")
     pipe = FadaPipeline.from_checkpoint(checkpoint, device=device, dtype=dtype)
     return pipe.write(image, audio, out_mp4, config or GenerateConfig(), stream=stream, quiet=quiet)

@@ -33,7 +33,7 @@ def sd15_alphas_cumprod(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 def ddim_timesteps(num_steps: int = 25) -> list[int]:
     """DDIM timesteps, ``leading`` spacing + ``steps_offset=1``: 25 steps → 961, 921, …, 1."""
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= NUM_TRAIN_TIMESTEPS:
-        raise UsageError(f"--steps {num_steps!r} is not valid for DDIM; use an integer from 1 to 1000 (25 by default).")
+        raise UsageError(f"`steps` {num_steps!r} is not valid for DDIM; use an integer from 1 to 1000 (25 by default).")
     stride = NUM_TRAIN_TIMESTEPS // num_steps
     return [i * stride + 1 for i in range(num_steps - 1, -1, -1)]
 

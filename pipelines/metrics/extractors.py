@@ -227,12 +227,12 @@ class SyncNetExtractor:
 
 def load_syncnet(path: Path) -> SyncNetExtractor:
     """Check that a SyncNet state dict loads into `syncnet_python`'s model (tensors only, no pickled code)."""
-    path = _check_file(path, "--syncnet-weights")
+    path = _check_file(path, "`syncnet_weights`")
     try:
         lip_sync.load_syncnet(path)
     except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, AttributeError) as exc:
         raise InputFileError(
-            f"--syncnet-weights {path} is not a SyncNet state dict ({' '.join(str(exc).split())[:160]}); "
+            f"`syncnet_weights` {path} is not a SyncNet state dict ({' '.join(str(exc).split())[:160]}); "
             "pass syncnet_v2.model from the SyncNet release."
         ) from exc
     return SyncNetExtractor(path, file_sha256(path))
