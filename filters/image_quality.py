@@ -28,7 +28,7 @@ def score(clip: ClipData) -> dict[str, float | str]:
     result: dict[str, float | str] = {"sharpness": laplacian_sharpness(frames), "iqa": NAN, "brisque": NAN}
     metric = clip.settings.iqa_metric
     result["iqa_metric"] = metric or ""
-    problem = pyiqa_weights_problem(metric) if metric else "iqa: no `iqa_metric` chosen"
+    problem = pyiqa_weights_problem(metric) if metric else "iqa: no --iqa-metric chosen"
     if problem is None:
         try:
             result["iqa"] = pyiqa_score(frames, metric)

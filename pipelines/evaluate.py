@@ -150,7 +150,7 @@ def load_extractors(config: EvalConfig) -> LoadedExtractors:
         if getattr(config, attribute) is not None
     }
     syncnet = extractors.load_syncnet(config.syncnet_weights) if config.syncnet_weights is not None else None
-    problem = quality.pyiqa_weights_problem(config.iqa_metric) if config.iqa_metric else "no `iqa_metric` chosen"
+    problem = quality.pyiqa_weights_problem(config.iqa_metric) if config.iqa_metric else "no --iqa-metric chosen"
     return LoadedExtractors(torchscript, syncnet, problem, quality.lpips_weights_problem())
 
 

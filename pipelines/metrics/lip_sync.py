@@ -142,7 +142,7 @@ def syncnet_columns(frames: np.ndarray, audio: np.ndarray, weights: Path | None)
     """``sync_offset``, ``sync_conf``, ``sync_dist`` from SyncNet (NaN and a note without weights)."""
     nan = {"sync_offset": NAN, "sync_conf": NAN, "sync_dist": NAN}
     if weights is None:
-        return {**nan, "notes": "syncnet: no `syncnet_weights` given"}
+        return {**nan, "notes": "syncnet: no --syncnet-weights given"}
     if not Path(weights).is_file():
         return {**nan, "notes": f"syncnet: weights file {weights} not found"}
     try:
