@@ -151,10 +151,11 @@ FLAGS = {
     "cfg_audio_range": "--cfg-audio-range", "cfg_ref_range": "--cfg-ref-range", "manifest": "--manifest",
     "out": "--out", "resume": "--resume", "overwrite": "--overwrite", "init_from": "--init-from",
     "pretrained_sd": "--pretrained-sd", "teacher": "--teacher", "preset": "--preset",
-    "frames_per_clip": "--frames", "audio_encoder": "--audio-encoder", "audio_encoder_path": "--audio-encoder",
+    "frames_per_clip": "--frames-per-clip", "motion_frames": "--motion-frames", "audio_encoder": "--audio-encoder",
+    "audio_encoder_path": "--audio-encoder",
     "device": "--device", "dtype": "--dtype",
     # generation (`GenerateConfig`), the CFG sweep (`SweepConfig`), serving (`ServeConfig`)
-    "cfg_audio": "--cfg-audio", "cfg_ref": "--cfg-ref", "crop_scale": "--crop-scale", "crop": "--crop",
+    "cfg_audio": "--cfg-audio", "cfg_ref": "--cfg-ref", "crop_scale": "--crop-scale", "crop": "--no-crop",
     "image": "--image", "audio": "--audio", "checkpoint": "--checkpoint", "stream": "--stream",
     "audio_scales": "--audio-scales", "ref_scales": "--ref-scales", "max_videos": "--max-videos",
     "host": "--host", "port": "--port", "max_upload_mb": "--max-upload-mb", "max_audio_s": "--max-audio-s",

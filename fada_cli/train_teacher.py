@@ -45,7 +45,9 @@ def command(
     steps: StepsOption = None,
     batch_size: BatchSizeOption = None,
     lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-4].")] = None,
-    frames: Annotated[int | None, Opt("--frames", help="F, frames per training clip \\[the preset's].")] = None,
+    frames: Annotated[
+        int | None, Opt("--frames-per-clip", "--frames", help="F, frames per training clip \\[the preset's].")
+    ] = None,
     grad_accum: GradAccumOption = None,
     ema: EmaOption = None,
     checkpoint_every: CheckpointEveryOption = None,

@@ -215,7 +215,7 @@ def build_audio_encoder(config: ModelConfig) -> AudioEncoder:
     if config.audio_encoder == "mel":
         return MelEncoder(config.n_mels, config.audio_window)
     if config.audio_encoder_path is None:
-        raise UsageError("audio_encoder='wav2vec2' needs a local folder; pass --audio-encoder-path PATH.")
+        raise UsageError("`audio_encoder` wav2vec2 needs a local folder; pass `audio_encoder_path` PATH.")
     encoder = Wav2Vec2Encoder(config.audio_encoder_path, config.audio_window)
     if encoder.feature_dim != config.audio_feature_dim:
         raise UsageError(

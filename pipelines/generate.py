@@ -199,7 +199,7 @@ def crop_portrait(rgb: np.ndarray, size: int, crop: bool, scale: float, path: Pa
     if crop:
         faces = detect_faces(rgb)
         if not faces:
-            raise MediaError(f"no face found in {path}; use a frontal portrait or --no-crop.")
+            raise MediaError(f"no face found in {path}; use a frontal portrait, or skip the face crop: `crop`.")
         x0, y0, side = square_crop_box(faces[0], width, height, scale=scale)
     else:
         side = min(width, height)
@@ -230,16 +230,16 @@ def check_config(config: GenerateConfig, model: FadaModel, strategy: SamplingStr
     frames = model.config.frames_per_clip if config.frames_per_clip is None else config.frames_per_clip
     motion = model.config.motion_frames if config.motion_frames is None else config.motion_frames
     if frames < 1:
-        raise UsageError(f"--frames-per-clip {frames} is not valid; use 1 or more.")
+        raise UsageError(f"`frames_per_clip` {frames} is not valid; use 1 or more.")
     if motion < 1:
-        raise UsageError(f"--motion-frames {motion} is not valid; use 1 or more.")
+        raise UsageError(f"`motion_frames` {motion} is not valid; use 1 or more.")
     if frames > model.config.temporal_max_frames:
         raise UsageError(
-            f"--frames-per-clip {frames} exceeds this model's temporal_max_frames "
+            f"`frames_per_clip` {frames} exceeds this model's temporal_max_frames "
             f"{model.config.temporal_max_frames}; use at most that."
         )
     if motion > frames:
-        raise UsageError(f"--motion-frames {motion} exceeds --frames-per-clip {frames}; use at most {frames}.")
+        raise UsageError(f"`motion_frames` {motion} exceeds `frames_per_clip` {frames}; use at most {frames}.")
     for name, value in (("`cfg_audio`", config.cfg_audio), ("`cfg_ref`", config.cfg_ref)):
         if not math.isfinite(value):
             raise UsageError(f"{name} {value} is not a finite number; use e.g. 6.5 or 2.5.")
