@@ -1,7 +1,7 @@
 """Benchmark: teacher generation (DDIM 25 steps × 3 CFG branches) of a fixed 4-second input.
 
 For each preset, a random-init (seeded) teacher is saved to a temporary folder and run through
-`pipelines.generate.generate` on a demo-data portrait and 4 s of synthesised speech, after one
+`pipelines.pipeline.generate` on a demo-data portrait and 4 s of synthesised speech, after one
 1-step warm-up run (face detector, first-call allocations). Reports seconds per second of video,
 NFE-D and peak memory (CUDA max allocated on a GPU; the process's peak RSS on CPU — on CPU that
 peak covers the whole process, so presets run later include earlier ones).
@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from pipelines import demo_data, media  # noqa: E402
 from pipelines.checkpoint import save_checkpoint  # noqa: E402
 from pipelines.devices import resolve_device, resolve_dtype  # noqa: E402
-from pipelines.generate import GenerateConfig, generate  # noqa: E402
+from pipelines.generate import GenerateConfig  # noqa: E402
 from pipelines.model import FadaModel  # noqa: E402
 from pipelines.model_config import get_preset  # noqa: E402
+from pipelines.pipeline import generate  # noqa: E402
 from pipelines.progress import console  # noqa: E402
 
 AUDIO_SECONDS = 4.0  # the fixed input length

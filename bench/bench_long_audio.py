@@ -65,11 +65,11 @@ def cheap_config(size: int, codec: str = "none"):
 
 
 def load_generate(ref: str | None) -> types.ModuleType:
-    """`pipelines.generate` of the working tree, or the file as it was at git ``ref``."""
+    """`GenerateConfig` and `generate` of the working tree, or `pipelines/generate.py` as it was at git ``ref``."""
     if ref is None:
-        from pipelines import generate
+        from pipelines import generate, pipeline
 
-        return generate
+        return types.SimpleNamespace(GenerateConfig=generate.GenerateConfig, generate=pipeline.generate)
     source = subprocess.run(
         ["git", "show", f"{ref}:pipelines/generate.py"], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout

@@ -44,8 +44,9 @@ from bench_generate import (  # noqa: E402
 
 from pipelines.checkpoint import save_checkpoint  # noqa: E402
 from pipelines.devices import resolve_device, resolve_dtype  # noqa: E402
+from pipelines.distill import build_student_from_teacher  # noqa: E402
 from pipelines.generate import GenerateConfig, generate  # noqa: E402
-from pipelines.model import FadaModel, build_student_from_teacher  # noqa: E402
+from pipelines.model import FadaModel  # noqa: E402
 from pipelines.progress import console  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -171,8 +171,8 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
     import torch
     from accelerate import Accelerator
 
-    from pipelines.distill import TEACHER_DTYPES, DistillConfig, distill_loss
-    from pipelines.model import FadaModel, build_student_from_teacher
+    from pipelines.distill import TEACHER_DTYPES, DistillConfig, build_student_from_teacher, distill_loss
+    from pipelines.model import FadaModel
     from pipelines.model_config import get_preset
     from pipelines.schedulers import sd15_alphas_cumprod
     from pipelines.train_teacher import TeacherTrainConfig, set_trainable, teacher_loss
@@ -220,7 +220,7 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
         generator = torch.Generator().manual_seed(step)
         with accelerator.autocast():
             if kind == "teacher":
-                loss = teacher_loss(trained, batch, alphas_cumprod, generator, config, train_config)
+                loss = teacher_loss(trained, batch, alphas_cumprod, generator, train_config)
             else:
                 loss, _record = distill_loss(trained, model, batch, alphas_cumprod, generator, train_config)
         if cuda:
@@ -283,8 +283,9 @@ def run_generation_case(options: dict, work: Path, device: str = "cpu", seconds:
     from PIL import Image
 
     from pipelines.demo_data import make_identity, synthesise_speech
-    from pipelines.generate import GenerateConfig, generate
+    from pipelines.generate import GenerateConfig
     from pipelines.media import write_audio
+    from pipelines.pipeline import generate
 
     base = rss_gb()
     checkpoint = work / f"ckpt-{options['mode']}"
@@ -337,7 +338,8 @@ def static_memory_gb(kind: str, options: dict, preset: str = "sd15") -> dict[str
     ignored). Counted on a model built on the meta device — no memory, no time."""
     import torch
 
-    from pipelines.model import FadaModel, build_student_from_teacher
+    from pipelines.distill import build_student_from_teacher
+    from pipelines.model import FadaModel
     from pipelines.model_config import get_preset
     from pipelines.train_teacher import set_trainable
 

@@ -26,9 +26,10 @@ from mouth_region_evidence import darkness_vs_speech, mouth_window
 from PIL import Image
 
 from pipelines.faces import face_found_rate
-from pipelines.generate import GenerateConfig, crop_portrait, generate
+from pipelines.generate import GenerateConfig, crop_portrait
 from pipelines.manifest import clip_path, read_manifest
 from pipelines.media import AUDIO_SR, read_audio, read_video
+from pipelines.pipeline import generate
 
 
 def main(argv: list[str] | None = None) -> None:

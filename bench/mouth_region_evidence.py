@@ -4,7 +4,7 @@
 64-px frames it often does not (the mesh found a face in 1–3 of 75 frames of the demo teacher's
 videos even where a face is plainly drawn). This proxy needs the mesh only once, on the portrait
 as `fada generate` crops it: the mouth centre and eye distance found there fix a window, and each
-generated frame's mouth darkness in that window (`filters.sync.mouth_darkness`: 1 − mean grey of a
+generated frame's mouth darkness in that window (`pipelines.metrics.lip_sync.mouth_darkness`: 1 − mean grey of a
 Gaussian mouth window / mean grey of a 2.5× wider one) is correlated with the speech RMS per frame.
 It assumes the generated face stays where the portrait's face is (what the model is trained to
 do); run it on the real clip (``--real``, window from the clip's own first frame) to see the
@@ -25,10 +25,10 @@ import numpy as np
 from mouth_sync_evidence import MESH_SIZE, NEAR_LAGS, pearson_at_lag
 from PIL import Image
 
-from filters import sync
 from pipelines import faces
 from pipelines.generate import GenerateConfig, crop_portrait
 from pipelines.media import AUDIO_SR, VIDEO_FPS, read_audio, read_video
+from pipelines.metrics import lip_sync as sync
 
 CROP_SCALE = GenerateConfig().crop_scale  # `fada generate`'s default --crop-scale
 

@@ -30,8 +30,10 @@ import torch
 from filters import sync
 from filters.base import analyse_clip
 from pipelines import faces
-from pipelines.generate import GenerateConfig, generate
+from pipelines.generate import GenerateConfig
 from pipelines.media import AUDIO_SR, VIDEO_FPS, read_audio, read_video, write_audio
+from pipelines.metrics import lip_sync
+from pipelines.pipeline import generate
 
 MESH_SIZE = 256  # generated frames are upscaled to this side before the face mesh runs
 NEAR_LAGS = 2  # frames either side searched for r_opening
@@ -42,7 +44,7 @@ def mouth_follows_speech(frames: np.ndarray, speech: np.ndarray) -> dict[str, fl
     upscaled = np.stack([cv2.resize(f, (MESH_SIZE, MESH_SIZE), interpolation=cv2.INTER_CUBIC) for f in frames])
     clip = analyse_clip(upscaled, speech)
     found = [p is not None for p in clip.landmarks]
-    rms = sync.audio_rms_per_frame(speech, len(frames), AUDIO_SR, VIDEO_FPS)
+    rms = lip_sync.audio_rms_per_frame(speech, len(frames), AUDIO_SR, VIDEO_FPS)
     result = {"frames": len(frames), "mesh_found_frac": float(np.mean(found))}
     opening = np.array([faces.mouth_opening(p) if p is not None else np.nan for p in clip.landmarks])
     if np.mean(found) >= 0.5 and np.nanstd(opening) > 1e-9:

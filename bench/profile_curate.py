@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from filters import background, motion, quality, sync
+from filters import background, image_quality, motion, sync
 from pipelines import curate, faces, media
 from pipelines.curate import CurateConfig, run_curate
 from pipelines.demo_data import DemoDataConfig, generate_demo_data
@@ -58,8 +58,8 @@ STAGES = [
     (background, "background_change", "background measure"),
     (motion, "head_motion", "head motion (ECC)"),
     (sync, "_proxy", "sync search (proxy)"),
-    (quality, "laplacian_sharpness", "sharpness"),
-    (quality, "pyiqa_weights_problem", "iqa check (pyiqa import)"),
+    (image_quality, "laplacian_sharpness", "sharpness"),
+    (image_quality, "pyiqa_weights_problem", "iqa check (pyiqa import)"),
     (media, "write_video", "encode"),
     (curate.shutil, "copyfile", "encode"),
     (curate, "write_manifest", "manifest writes"),

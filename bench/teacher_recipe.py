@@ -28,7 +28,6 @@ a rerun), then ``bench/results/teacher_recipe.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -354,8 +353,9 @@ def x0_errors(checkpoint: Path, data: dict) -> dict[str, float]:
 
 
 def teacher_video(checkpoint: Path, data: dict, speech: Path, out: Path):
-    from pipelines.generate import GenerateConfig, generate
+    from pipelines.generate import GenerateConfig
     from pipelines.media import read_video
+    from pipelines.pipeline import generate
 
     generate(checkpoint, data["portrait"], speech, out, GenerateConfig(steps=CURVE_STEPS, crop=False), "cpu", "fp32",
              quiet=True)  # fmt: skip
@@ -407,15 +407,14 @@ def mouth_r(checkpoint: Path, data: dict, work: Path) -> dict:
 def run_variant(variant: Variant, work: Path, data: dict, minutes: float, eval_every: float) -> None:
     import torch
 
-    from pipelines.model_config import get_preset
-    from pipelines.train_teacher import TeacherTrainConfig, train_teacher
+    from pipelines.train_teacher import TeacherStage
+    from pipelines.training import fit
 
     torch.set_num_threads(1)
     folder = work / variant.name
     folder.mkdir(parents=True, exist_ok=True)
     curve = folder / "curve.jsonl"
     curve.unlink(missing_ok=True)
-    model_config = get_preset("demo", **variant.model)
     budget = 60.0 * (variant.minutes or minutes)
     shares = (variant.image_share, 1 - variant.image_share) if len(variant.stages) == 2 else (1.0,)
     spent, previous = 0.0, None
@@ -427,18 +426,17 @@ def run_variant(variant: Variant, work: Path, data: dict, minutes: float, eval_e
     for stage, share in zip(variant.stages, shares, strict=True):
         out = folder / stage
         batch = variant.image_batch_size if stage == "image" else variant.batch_size
-        config = TeacherTrainConfig(stage=stage, lr=variant.lr, loss_weighting=variant.loss_weighting,
-                                    batch_size=batch, video_trainable=variant.video_trainable, seed=0, steps=3,
-                                    ema=variant.ema, checkpoint_every=10**6,
-                                    identity_augment=variant.identity_augment,
-                                    motion_loss_weight=variant.motion_loss_weight)  # fmt: skip
+        options = dict(stage=stage, lr=variant.lr, loss_weighting=variant.loss_weighting, batch_size=batch,
+                       video_trainable=variant.video_trainable, seed=0, ema=variant.ema, checkpoint_every=10**6,
+                       identity_augment=variant.identity_augment,
+                       motion_loss_weight=variant.motion_loss_weight)  # fmt: skip
         stage_end = spent + share * budget
         steps, chunk, resume = 3, 3, False
         while spent < stage_end - 1.0:
             began = time.process_time()
-            run_config = dataclasses.replace(config, steps=steps)
-            train_teacher(data["train"], out, model_config, run_config, torch.device("cpu"), resume=resume, quiet=True,
-                          init_from=None if resume else previous)  # fmt: skip
+            fit(TeacherStage(), data["train"], out, preset="demo", overrides=options | {"steps": steps},
+                model_overrides=variant.model, resume=resume, init_from=None if resume else previous, device="cpu",
+                quiet=True)  # fmt: skip
             used = time.process_time() - began
             step_s = used / chunk
             spent += used

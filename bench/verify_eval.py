@@ -35,11 +35,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from filters import quality
 from pipelines.demo_data import MARKER_FILE, DemoDataConfig, generate_demo_data
 from pipelines.faces import FaceMeshTracker
 from pipelines.media import AUDIO_SR, VIDEO_FPS, read_audio, read_video, write_video
-from pipelines.metrics import mouth_window, proxies
+from pipelines.metrics import mouth_window, proxies, quality
 
 DATA = DemoDataConfig(clips=24, identities=5, size=128, seconds=3.0, seed=0, clean_fraction=0.5)  # demo preset
 IQA_LEVELS = [(0.5, 0.05), (0.5, 0.1), (1.0, 0.05), (1.0, 0.1)]  # (blur sigma px, noise sigma in [0, 1])

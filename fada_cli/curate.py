@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from fada_cli.options import JsonOption, QuietOption
-from filters.base import ScoringSettings
-from filters.tiers import load_thresholds
-from pipelines.curate import CurateConfig, CurateSummary, run_curate
 from pipelines.errors import UsageError
+
+if TYPE_CHECKING:
+    from pipelines.curate import CurateSummary
 
 
 def print_summary(summary: CurateSummary) -> None:
@@ -74,6 +74,10 @@ def command(
 
         fada curate /shared/raw/ --out /shared/curated/ --engine ray --ray-address auto
     """
+    from filters.base import ScoringSettings  # mediapipe, OpenCV and Ray only when curation runs
+    from filters.tiers import load_thresholds
+    from pipelines.curate import CurateConfig, run_curate
+
     if syncnet_weights is not None and not syncnet_weights.is_file():
         raise UsageError(f"--syncnet-weights {syncnet_weights} is not a file; pass the path of syncnet_v2.model.")
     config = CurateConfig(

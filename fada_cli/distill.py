@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -27,8 +25,9 @@ from fada_cli.options import (
     StepsOption,
     TrainSeedOption,
     WarmupStepsOption,
+    given,
+    print_fit_result,
     tier_list,
-    training_overrides,
 )
 from pipelines.errors import UsageError
 
@@ -120,59 +119,16 @@ def command(
         fada distill --teacher runs/teacher --manifest curated/manifest.parquet --out runs/student
         --cache-latents cache/curated-sd15
     """
-    from pipelines.checkpoint import load_checkpoint_info
-    from pipelines.devices import resolve_device
-    from pipelines.distill import STAGE, DistillConfig, distill, expand_tiers
-    from pipelines.training import preset_defaults
+    from pipelines.distill import DistillStage
+    from pipelines.training import fit
 
-    # 1. the starting config: defaults for a new run, the checkpoint's on --resume
-    torch_device = resolve_device(device)
-    tiers = tier_list(tier)
-    given = training_overrides(
-        torch_device, dtype, None if tiers is None else expand_tiers(tiers), mode=mode, windows=windows,
-        solver_steps=solver_steps, gt_weight=gt_weight, cfg_conditioning=cfg_conditioning,
-        cfg_audio_range=_pair("--cfg-audio-range", cfg_audio_range),
-        cfg_ref_range=_pair("--cfg-ref-range", cfg_ref_range), steps=steps, batch_size=batch_size, lr=lr,
-        grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, seed=seed, lr_schedule=lr_schedule,
-        warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
-        num_workers=num_workers, latent_cache=cache_latents,
-    )  # fmt: skip
-    if resume:
-        info = load_checkpoint_info(out, expect_stage=STAGE)
-        config = dataclasses.replace(DistillConfig.from_dict(info.config["train"]), **given)
-        teacher = teacher if teacher is not None else Path(info.config["teacher"]["path"])
-    else:
-        if teacher is None:
-            raise UsageError("--teacher is missing; pass the checkpoint folder written by `fada train-teacher`.")
-        preset = load_checkpoint_info(teacher, expect_stage="teacher").config["model"]["preset"]
-        config = DistillConfig(**(preset_defaults(preset, torch_device) | given))  # sd15: fits one 80 GB GPU
-
-    # 2. distil
-    result = distill(teacher, manifest, out, config, torch_device, resume, overwrite, quiet)
-    if not result.is_main_process:
-        return
-    summary = {
-        "checkpoint": str(result.checkpoint),
-        "mode": result.mode,
-        "steps": result.steps,
-        "steps_this_run": result.steps_this_run,
-        "final_loss": result.final_loss,
-        "final_loss_distill": result.final_loss_distill,
-        "final_loss_gt": result.final_loss_gt,
-        "seconds": round(result.seconds, 3),
-        "steps_per_s": round(result.steps_per_s, 4),
-        "processes": result.processes,
-        "teacher": result.teacher,
-        "teacher_hash": result.teacher_hash,
-        "train_log": str(Path(result.checkpoint) / "train_log.csv"),
-        "supervision_log": str(Path(result.checkpoint) / "supervision.csv"),
-        "ratio_histogram": str(Path(result.checkpoint) / "ratio_histogram.png"),
-    }
-    if as_json:
-        typer.echo(json.dumps(summary))
-    else:
-        typer.echo(
-            f"{result.mode} student {summary['checkpoint']}: step {result.steps}, loss {result.final_loss:.5f} "
-            f"(distill {result.final_loss_distill:.5f}, gt {result.final_loss_gt:.5f}), "
-            f"{result.steps_this_run} steps in {result.seconds:.1f} s"
-        )
+    overrides = given(tiers=tier_list(tier), mode=mode, windows=windows, solver_steps=solver_steps, gt_weight=gt_weight,
+                      cfg_conditioning=cfg_conditioning, cfg_audio_range=_pair("--cfg-audio-range", cfg_audio_range),
+                      cfg_ref_range=_pair("--cfg-ref-range", cfg_ref_range), steps=steps, batch_size=batch_size, lr=lr,
+                      grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
+                      lr_schedule=lr_schedule, warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing,
+                      optimizer=optimizer, num_workers=num_workers, latent_cache=cache_latents,
+                      mixed_precision=dtype)  # fmt: skip
+    result = fit(DistillStage(teacher), manifest, out, overrides=overrides, resume=resume, overwrite=overwrite,
+                 device=device, quiet=quiet)  # fmt: skip
+    print_fit_result(result, as_json)

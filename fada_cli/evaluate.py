@@ -11,14 +11,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fada_cli.options import DeviceOption, JsonOption, QuietOption
+from fada_cli.options import (
+    DeviceOption,
+    ExpressionWeightsOption,
+    I3dWeightsOption,
+    InceptionWeightsOption,
+    IqaMetricOption,
+    JsonOption,
+    QuietOption,
+    R3dWeightsOption,
+    SyncnetWeightsOption,
+    eval_config,
+)
 from pipelines.errors import UsageError
 
 if TYPE_CHECKING:
     from pipelines.evaluate import EvalReport
 
 
-def _format(value: float | None) -> str:
+def format_value(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
@@ -38,8 +49,8 @@ def metrics_table(report: EvalReport) -> Table:
         status = {"ok": "ok", "unavailable": f"needs {m.enable}"}.get(m.status, m.status)
         table.add_row(
             m.name + arrow,
-            _format(m.value),
-            _format(m.reference_value),
+            format_value(m.value),
+            format_value(m.reference_value),
             "—" if m.status == "unavailable" else f"{m.n} / {m.n_reference} {m.unit}",
             extractor,
             status + (f": {m.note}" if m.note and m.status != "unavailable" else ""),
@@ -55,40 +66,13 @@ def command(
     generated: Annotated[
         Path | None, typer.Option("--generated", help="Generated videos: a folder of mp4 files or a clip manifest.")
     ] = None,
-    syncnet_weights: Annotated[
-        Path | None, typer.Option("--syncnet-weights", help="SyncNet syncnet_v2.model → Sync-D / Sync-C.")
-    ] = None,
-    inception_weights: Annotated[
-        Path | None, typer.Option("--inception-weights", help="Inception TorchScript (clean-fid) → FID.")
-    ] = None,
-    i3d_weights: Annotated[
-        Path | None, typer.Option("--i3d-weights", help="I3D TorchScript (StyleGAN-V) → FVD.")
-    ] = None,
-    r3d_weights: Annotated[Path | None, typer.Option("--r3d-weights", help="3D-ResNet TorchScript → FVD-R.")] = None,
-    expression_weights: Annotated[
-        Path | None, typer.Option("--expression-weights", help="Expression-coefficient TorchScript → E-FID.")
-    ] = None,
-    iqa_metric: Annotated[
-        str, typer.Option("--iqa-metric", help="pyiqa metric whose weights are in pyiqa's cache; 'none' to skip.")
-    ] = "musiq",
+    syncnet_weights: SyncnetWeightsOption = None,
+    inception_weights: InceptionWeightsOption = None,
+    i3d_weights: I3dWeightsOption = None,
+    r3d_weights: R3dWeightsOption = None,
+    expression_weights: ExpressionWeightsOption = None,
+    iqa_metric: IqaMetricOption = "musiq",
     device: DeviceOption = "cpu",
-    cfg_sweep: Annotated[
-        bool, typer.Option("--cfg-sweep", help="Generate --reference's clips over a CFG grid; plot metric vs scale.")
-    ] = False,
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="--cfg-sweep: checkpoint to sample.")] = None,
-    image: Annotated[
-        Path | None, typer.Option("--image", help="--cfg-sweep: portrait for every clip \\[each clip's first frame].")
-    ] = None,
-    audio_scales: Annotated[str, typer.Option("--audio-scales", help="--cfg-sweep: audio CFG scales.")] = "1,3.5,6.5,9",
-    ref_scales: Annotated[
-        str, typer.Option("--ref-scales", help="--cfg-sweep: reference CFG scales.")
-    ] = "1,1.5,2.5,3.5",
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="--cfg-sweep: sampler steps \\[the checkpoint's].")
-    ] = None,
-    max_videos: Annotated[
-        int | None, typer.Option("--max-videos", help="--cfg-sweep: use at most N reference clips \\[all].")
-    ] = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -101,70 +85,22 @@ def command(
     noisy frames, through a mouth window found once and followed (the row names its route).
     Learned metrics (IQA, LPIPS, SyncNet, FID, ...) need their weights file and are otherwise
     reported as unavailable with what enables them; a proxy never stands in for them. The
-    extractor contracts are documented in pipelines/metrics/extractors.py.
+    extractor contracts are documented in pipelines/metrics/extractors.py. `fada cfg-sweep`
+    generates and evaluates over a grid of CFG scales.
 
     Example:
 
         fada eval --generated gen/ --reference data/manifest.parquet --out metrics/ --syncnet-weights syncnet_v2.model
-
-    With --cfg-sweep (the paper's Figs. 3 and 4), each --reference clip's speech is generated from
-    --checkpoint at every audio scale (reference scale at its default) and every reference scale
-    (audio scale at its default); each point is evaluated as above; OUT gets cfg_sweep.parquet,
-    cfg_sweep.json, cfg_audio.png and cfg_ref.png:
-
-        fada eval --cfg-sweep --checkpoint runs/teacher --reference held_out.parquet --out sweep/
     """
-    from pipelines.evaluate import EvalConfig, evaluate, report_payload  # heavy: imported on use
+    from pipelines.evaluate import evaluate, report_payload  # heavy: imported on use
 
-    config = EvalConfig(
-        syncnet_weights=syncnet_weights,
-        inception_weights=inception_weights,
-        i3d_weights=i3d_weights,
-        r3d_weights=r3d_weights,
-        expression_weights=expression_weights,
-        iqa_metric=None if iqa_metric.strip().lower() in ("", "none") else iqa_metric,
-        device=device,
-    )
-    if cfg_sweep:
-        _run_cfg_sweep(checkpoint, reference, out, config, image, audio_scales, ref_scales, steps, max_videos, quiet,
-                       as_json)  # fmt: skip
-        return
     if generated is None:
-        raise UsageError("--generated is missing; pass the generated videos (or --cfg-sweep with --checkpoint).")
+        raise UsageError("`generated` is missing; pass the generated videos (or use `fada cfg-sweep`).")
+    config = eval_config(syncnet_weights, inception_weights, i3d_weights, r3d_weights, expression_weights,
+                         iqa_metric, device)  # fmt: skip
     report = evaluate(generated, reference, out, config, quiet=quiet)
     if as_json:
         typer.echo(json.dumps(report_payload(report, generated, reference, config), indent=2))
         return
     Console().print(metrics_table(report))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'per_video.parquet'}")
-
-
-def _run_cfg_sweep(checkpoint, reference, out, config, image, audio_scales, ref_scales, steps, max_videos, quiet,
-                   as_json) -> None:  # fmt: skip
-    """`--cfg-sweep`: parse the grid, run `pipelines.cfg_sweep`, print the table."""
-    import pandas as pd
-
-    from pipelines.cfg_sweep import SweepConfig, parse_scales, run_cfg_sweep
-    from pipelines.generate import GenerateConfig
-
-    if checkpoint is None:
-        raise UsageError("--cfg-sweep needs --checkpoint CKPT (a folder written by `fada train-teacher`).")
-    sweep = SweepConfig(
-        audio_scales=parse_scales(audio_scales, "--audio-scales"),
-        ref_scales=parse_scales(ref_scales, "--ref-scales"),
-        generate=GenerateConfig(steps=steps, crop=image is not None),
-        max_videos=max_videos,
-    )
-    table = run_cfg_sweep(checkpoint, reference, out, sweep, config, image=image, device=config.device, quiet=quiet)
-    if as_json:
-        typer.echo((out / "cfg_sweep.json").read_text())
-        return
-    columns = ["axis", "scale", "nfe", "sync_proxy", "e_fid_proxy", "piqe", "sharpness", "fid", "fvd"]
-    grid = Table(title=f"fada eval --cfg-sweep: {checkpoint}")
-    for column in columns:
-        grid.add_column(column, justify="left" if column == "axis" else "right")
-    for row in table.to_dict("records"):
-        numbers = {c: None if pd.isna(row[c]) else float(row[c]) for c in columns[2:]}
-        grid.add_row(row["axis"], _format(row["scale"]), str(row["nfe"]), *(_format(numbers[c]) for c in columns[3:]))
-    Console().print(grid)
-    typer.echo(f"wrote {out / 'cfg_sweep.parquet'}, {out / 'cfg_audio.png'} and {out / 'cfg_ref.png'}")

@@ -71,7 +71,8 @@ def command(
 
         fada generate --checkpoint runs/teacher --image face.png --audio speech.wav -o out/talk.mp4
     """
-    from pipelines.generate import GenerateConfig, generate, stats_path  # heavy: imported on use
+    from pipelines.generate import GenerateConfig, stats_path  # heavy: imported on use
+    from pipelines.pipeline import generate
 
     config = GenerateConfig(
         steps=steps,

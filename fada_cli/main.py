@@ -1,24 +1,76 @@
-"""The `fada` Typer app: every subcommand is registered here, and here alone user errors
-become a one-line ``Error: …`` on stderr with an exit code (1, or 2 for usage).
+"""The `fada` Typer app: every subcommand is registered here (`COMMANDS`), and here alone user
+errors become a one-line ``Error: …`` on stderr with an exit code (1, or 2 for usage).
 
-Set ``FADA_DEBUG=1`` to get the full traceback instead.
+A subcommand's module is imported only when that subcommand runs (or shows its help), so
+``fada --help`` reads each command's summary from its source and imports neither torch nor the
+curation stack. Set ``FADA_DEBUG=1`` to get the full traceback instead of the one-line error.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib
+import importlib.util
 import inspect
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from fada_cli import curate, demo, demo_data, distill, evaluate, generate, info, serve, train_teacher
+from fada_cli.options import cli_message
 from pipelines.errors import FadaError
 
+# subcommand → the module of fada_cli whose `command` function it runs, in the order `fada --help` lists them
+COMMANDS = {
+    "demo-data": "demo_data",
+    "curate": "curate",
+    "train-teacher": "train_teacher",
+    "distill": "distill",
+    "generate": "generate",
+    "eval": "evaluate",
+    "cfg-sweep": "cfg_sweep",
+    "demo": "demo",
+    "info": "info",
+    "serve": "serve",
+}
+
+
+class LazyCommands(TyperGroup):
+    """The subcommands of `COMMANDS`, each imported when it is invoked (or its own help is asked for)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        if name not in COMMANDS:
+            return None
+        summary = command_summary(COMMANDS[name])
+        return click.Command(name, help=summary, short_help=summary)  # for the list in `fada --help`
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] in COMMANDS and args[0] not in self.commands:
+            self.commands[args[0]] = load_command(args[0])
+        return super().resolve_command(ctx, args)
+
+
+def command_summary(module: str) -> str:
+    """The first line of ``fada_cli.<module>.command``'s docstring, read from the source (no import)."""
+    origin = importlib.util.find_spec(f"fada_cli.{module}").origin
+    tree = ast.parse(Path(origin).read_text())
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "command")
+    return (ast.get_docstring(function) or "").split("\n")[0]
+
+
 app = typer.Typer(
+    cls=LazyCommands,
     name="fada",
     help=(
         "Fast audio-driven talking-portrait diffusion (FADA, arXiv 2412.16915).\n\n"
@@ -35,6 +87,11 @@ def debug_enabled() -> bool:
     return os.environ.get("FADA_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
+def one_line(error: FadaError) -> str:
+    """The error's message on one line, its config fields shown as the flags that set them."""
+    return cli_message(" ".join(str(error).split()))
+
+
 def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a subcommand so a `FadaError` becomes ``Error: …`` on stderr and its exit code."""
 
@@ -45,8 +102,7 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except FadaError as error:
             if debug_enabled():
                 raise
-            message = " ".join(str(error).split())
-            typer.echo(f"Error: {message}", err=True)
+            typer.echo(f"Error: {one_line(error)}", err=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
@@ -62,19 +118,12 @@ def help_text(docstring: str) -> str:
     return "\n\n".join(p if p.startswith(" ") else " ".join(p.split("\n")) for p in paragraphs)
 
 
-def _register(name: str, command: Callable[..., Any]) -> None:
-    app.command(name, help=help_text(command.__doc__ or ""))(report_errors(command))
-
-
-_register("demo-data", demo_data.command)
-_register("curate", curate.command)
-_register("train-teacher", train_teacher.command)
-_register("distill", distill.command)
-_register("generate", generate.command)
-_register("eval", evaluate.command)
-_register("demo", demo.command)
-_register("info", info.command)
-_register("serve", serve.command)
+def load_command(name: str) -> click.Command:
+    """The click command of subcommand ``name``: its module imported, its errors reported as one line."""
+    command = importlib.import_module(f"fada_cli.{COMMANDS[name]}").command
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
+    single.command(name, help=help_text(command.__doc__ or ""))(report_errors(command))
+    return typer.main.get_command(single)
 
 
 def _show_version(value: bool) -> None:
@@ -104,7 +153,7 @@ def main() -> None:
     except FadaError as error:  # raised outside a command, e.g. by an option callback
         if debug_enabled():
             raise
-        typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
+        typer.echo(f"Error: {one_line(error)}", err=True)
         sys.exit(error.exit_code)
 
 

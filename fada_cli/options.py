@@ -1,7 +1,14 @@
-"""Option types shared by several subcommands."""
+"""Option types shared by several subcommands, and the one table from config fields to flags.
+
+The library names config fields in its error messages as `` `field` ``; `cli_message` shows each
+as the flag that sets it (`FLAGS`), so ``Error: --lr-schedule 'step' is not valid`` on the command
+line is ``` `lr_schedule` 'step' is not valid``` for a Python caller.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +19,6 @@ DtypeOption = Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16 (f
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs on stderr.")]
-ExistingFile = Annotated[Path, typer.Argument(help="An existing file.")]
 
 # Training options shared by train-teacher and distill; a bracketed default applies to a new run
 # (with --resume an option left out keeps the checkpoint's value). `\[` keeps Rich from reading
@@ -76,19 +82,96 @@ TrainSeedOption = Annotated[
 ]
 
 
-def training_overrides(device, dtype: str | None, tiers: tuple[str, ...] | None, **given) -> dict:
-    """The `TrainConfig` fields given on the command line (None = not given), ``--dtype`` as its
-    autocast precision on ``device``."""
-    from pipelines.devices import resolve_dtype
-    from pipelines.training import MIXED_PRECISION
+# The weights of `fada eval`'s learned metrics (shared with `fada cfg-sweep`)
+SyncnetWeightsOption = Annotated[
+    Path | None, typer.Option("--syncnet-weights", help="SyncNet syncnet_v2.model → Sync-D / Sync-C.")
+]
+InceptionWeightsOption = Annotated[
+    Path | None, typer.Option("--inception-weights", help="Inception TorchScript (clean-fid) → FID.")
+]
+I3dWeightsOption = Annotated[Path | None, typer.Option("--i3d-weights", help="I3D TorchScript (StyleGAN-V) → FVD.")]
+R3dWeightsOption = Annotated[Path | None, typer.Option("--r3d-weights", help="3D-ResNet TorchScript → FVD-R.")]
+ExpressionWeightsOption = Annotated[
+    Path | None, typer.Option("--expression-weights", help="Expression-coefficient TorchScript → E-FID.")
+]
+IqaMetricOption = Annotated[
+    str, typer.Option("--iqa-metric", help="pyiqa metric whose weights are in pyiqa's cache; 'none' to skip.")
+]
 
-    if dtype is not None:
-        given["mixed_precision"] = MIXED_PRECISION[resolve_dtype(dtype, device)]
-    if given.get("latent_cache") is not None:
-        given["latent_cache"] = str(given["latent_cache"])
-    return {k: v for k, v in (given | {"tiers": tiers}).items() if v is not None}
+
+def eval_config(syncnet_weights, inception_weights, i3d_weights, r3d_weights, expression_weights, iqa_metric: str,
+                device: str):  # fmt: skip
+    """The `EvalConfig` of `fada eval`'s (and `fada cfg-sweep`'s) options; 'none' turns the IQA metric off."""
+    from pipelines.evaluate import EvalConfig
+
+    iqa = None if iqa_metric.strip().lower() in ("", "none") else iqa_metric
+    weights = {"syncnet_weights": syncnet_weights, "inception_weights": inception_weights, "i3d_weights": i3d_weights,
+               "r3d_weights": r3d_weights, "expression_weights": expression_weights}  # fmt: skip
+    return EvalConfig(**weights, iqa_metric=iqa, device=device)
+
+
+def given(**options) -> dict:
+    """The options given on the command line (None = not given) as config overrides."""
+    return {
+        name: str(value) if isinstance(value, Path) else value for name, value in options.items() if value is not None
+    }
+
+
+def print_fit_result(result, as_json: bool) -> None:
+    """A training command's result on stdout (main process only): one line, or JSON with ``--json``."""
+    if not result.is_main_process:
+        return
+    if as_json:
+        typer.echo(json.dumps(result.summary()))
+        return
+    name = "teacher" if result.stage == "teacher" else f"{result.mode} student"
+    losses = ", ".join(f"{k.removeprefix('loss_')} {v:.5f}" for k, v in result.means.items() if k.startswith("loss_"))
+    typer.echo(
+        f"{name} checkpoint {result.checkpoint}: step {result.steps}, loss {result.final_loss:.5f}"
+        + (f" ({losses})" if losses else "")
+        + f", {result.steps_this_run} steps in {result.seconds:.1f} s ({result.steps_per_s:.2f} steps/s)"
+    )
 
 
 def tier_list(text: str | None) -> tuple[str, ...] | None:
     """'A,B' → ('A', 'B'); None stays None."""
     return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+# Config fields (and the library's keyword arguments) → the flag that sets them, for the CLI's messages.
+FLAGS = {
+    # training (`TrainConfig`, `TeacherTrainConfig`, `DistillConfig`, `training.fit`)
+    "steps": "--steps", "batch_size": "--batch-size", "grad_accum": "--grad-accum", "lr": "--lr",
+    "warmup_steps": "--warmup-steps", "ema": "--ema", "checkpoint_every": "--checkpoint-every", "tiers": "--tier",
+    "seed": "--seed", "mixed_precision": "--mixed-precision", "lr_schedule": "--lr-schedule",
+    "gradient_checkpointing": "--gradient-checkpointing", "optimizer": "--optimizer", "num_workers": "--num-workers",
+    "latent_cache": "--cache-latents", "loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma",
+    "stage": "--stage", "video_trainable": "--video-trainable", "mode": "--mode", "windows": "--windows",
+    "solver_steps": "--solver-steps", "gt_weight": "--gt-weight", "cfg_conditioning": "--cfg-conditioning",
+    "cfg_audio_range": "--cfg-audio-range", "cfg_ref_range": "--cfg-ref-range", "manifest": "--manifest",
+    "out": "--out", "resume": "--resume", "overwrite": "--overwrite", "init_from": "--init-from",
+    "pretrained_sd": "--pretrained-sd", "teacher": "--teacher", "preset": "--preset",
+    "frames_per_clip": "--frames-per-clip", "motion_frames": "--motion-frames", "audio_encoder": "--audio-encoder",
+    "audio_encoder_path": "--audio-encoder",
+    "device": "--device", "dtype": "--dtype",
+    # generation (`GenerateConfig`), the CFG sweep (`SweepConfig`), serving (`ServeConfig`)
+    "cfg_audio": "--cfg-audio", "cfg_ref": "--cfg-ref", "crop_scale": "--crop-scale", "crop": "--no-crop",
+    "image": "--image", "audio": "--audio", "checkpoint": "--checkpoint", "stream": "--stream",
+    "audio_scales": "--audio-scales", "ref_scales": "--ref-scales", "max_videos": "--max-videos",
+    "host": "--host", "port": "--port", "max_upload_mb": "--max-upload-mb", "max_audio_s": "--max-audio-s",
+    # evaluation (`EvalConfig`)
+    "generated": "--generated", "reference": "--reference", "syncnet_weights": "--syncnet-weights",
+    "inception_weights": "--inception-weights", "i3d_weights": "--i3d-weights", "r3d_weights": "--r3d-weights",
+    "expression_weights": "--expression-weights", "iqa_metric": "--iqa-metric",
+    # curation (`CurateConfig`) and the demo (`DemoConfig`, `DemoDataConfig`)
+    "engine": "--engine", "workers": "--workers", "ray_address": "--ray-address", "size": "--size",
+    "thresholds": "--thresholds", "min_seconds": "--min-seconds", "max_seconds": "--max-seconds",
+    "minutes": "--minutes", "generate_steps": "--generate-steps", "clips": "--clips", "identities": "--identities",
+    "seconds": "--seconds",
+}  # fmt: skip
+FIELD = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def cli_message(message: str) -> str:
+    """A library message with each `` `field` `` that has a flag shown as that flag."""
+    return FIELD.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), message)

@@ -39,6 +39,9 @@ def command(
         raise UsageError(f"--port {port} is not a TCP port; use 1-65535, e.g. 7860.")
     if max_upload_mb <= 0 or max_audio_s <= 0:
         raise UsageError("--max-upload-mb and --max-audio-s must be positive; e.g. 20 and 60.")
+    from pipelines.extras import require
+
+    require("gradio", "`fada serve`")  # before the checkpoint is loaded
     from pipelines.app import ServeConfig, serve  # heavy: imported on use
     from pipelines.pipeline import FadaPipeline
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -27,10 +25,10 @@ from fada_cli.options import (
     StepsOption,
     TrainSeedOption,
     WarmupStepsOption,
+    given,
+    print_fit_result,
     tier_list,
-    training_overrides,
 )
-from pipelines.errors import UsageError
 
 Opt = typer.Option
 
@@ -47,7 +45,9 @@ def command(
     steps: StepsOption = None,
     batch_size: BatchSizeOption = None,
     lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-4].")] = None,
-    frames: Annotated[int | None, Opt("--frames", help="F, frames per training clip \\[the preset's].")] = None,
+    frames: Annotated[
+        int | None, Opt("--frames-per-clip", "--frames", help="F, frames per training clip \\[the preset's].")
+    ] = None,
     grad_accum: GradAccumOption = None,
     ema: EmaOption = None,
     checkpoint_every: CheckpointEveryOption = None,
@@ -132,63 +132,23 @@ def command(
         fada train-teacher --manifest curated/manifest.parquet --preset sd15 --pretrained-sd sd15/ --stage image
         --out runs/image --cache-latents cache/curated-sd15 --num-workers 4
     """
-    from pipelines.audio import with_audio_encoder
-    from pipelines.checkpoint import load_checkpoint_info
-    from pipelines.devices import resolve_device
-    from pipelines.model_config import ModelConfig, get_preset
-    from pipelines.train_teacher import STAGE, TeacherTrainConfig, train_teacher
-    from pipelines.training import preset_defaults
+    from pipelines.train_teacher import TeacherStage
+    from pipelines.training import fit
 
-    # 1. the starting configs: a preset for a new run, the checkpoint's on --resume, the starting
-    # teacher's model config with --init-from
-    torch_device = resolve_device(device)
-    if resume or init_from is not None:
-        source = out if resume else init_from
-        info = load_checkpoint_info(source, expect_stage=STAGE)
-        model_config = ModelConfig.from_dict(info.config["model"])
-        train_config = TeacherTrainConfig.from_dict(info.config["train"]) if resume else TeacherTrainConfig()
-        if preset is not None and preset != model_config.preset:
-            raise UsageError(f"--preset {preset} differs from {source}'s {model_config.preset!r}; drop --preset.")
-    else:
-        model_config, train_config = get_preset(preset or "demo"), TeacherTrainConfig()
+    overrides = given(tiers=tier_list(tier), steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum, ema=ema,
+                      checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting, snr_gamma=snr_gamma,
+                      stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
+                      gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, num_workers=num_workers,
+                      latent_cache=cache_latents, mixed_precision=dtype)  # fmt: skip
+    model_overrides = given(frames_per_clip=frames, **audio_encoder_fields(audio_encoder))
+    result = fit(TeacherStage(pretrained_sd), manifest, out, preset=preset, overrides=overrides,
+                 model_overrides=model_overrides, resume=resume, init_from=init_from, overwrite=overwrite,
+                 device=device, quiet=quiet)  # fmt: skip
+    print_fit_result(result, as_json)
 
-    # 2. options given on the command line override them
-    if frames is not None:
-        model_config = dataclasses.replace(model_config, frames_per_clip=frames)
-    if audio_encoder is not None:
-        name, path = ("mel", None) if audio_encoder == "mel" else ("wav2vec2", audio_encoder)
-        model_config = with_audio_encoder(model_config, name, path)
-    given = training_overrides(
-        torch_device, dtype, tier_list(tier), steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum,
-        ema=ema, checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting, snr_gamma=snr_gamma,
-        stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
-        gradient_checkpointing=gradient_checkpointing, optimizer=optimizer,
-        num_workers=num_workers, latent_cache=cache_latents,
-    )  # fmt: skip
-    if not resume:  # a new run of the sd15 preset starts from settings that fit one 80 GB GPU
-        train_config = dataclasses.replace(train_config, **preset_defaults(model_config.preset, torch_device))
-    train_config = dataclasses.replace(train_config, **given)
 
-    # 3. train
-    result = train_teacher(
-        manifest, out, model_config, train_config, torch_device, resume, overwrite, pretrained_sd, quiet, init_from
-    )
-    summary = {
-        "checkpoint": str(result.checkpoint),
-        "steps": result.steps,
-        "steps_this_run": result.steps_this_run,
-        "final_loss": result.final_loss,
-        "seconds": round(result.seconds, 3),
-        "steps_per_s": round(result.steps_per_s, 4),
-        "processes": result.processes,
-        "train_log": str(Path(result.checkpoint) / "train_log.csv"),
-    }
-    if not result.is_main_process:
-        return
-    if as_json:
-        typer.echo(json.dumps(summary))
-    else:
-        typer.echo(
-            f"teacher checkpoint {summary['checkpoint']}: step {result.steps}, final loss {result.final_loss:.5f}, "
-            f"{result.steps_this_run} steps in {result.seconds:.1f} s ({result.steps_per_s:.2f} steps/s)"
-        )
+def audio_encoder_fields(value: str | None) -> dict:
+    """--audio-encoder mel|PATH → the `ModelConfig` fields it sets."""
+    if value is None:
+        return {}
+    return {"audio_encoder": "mel"} if value == "mel" else {"audio_encoder": "wav2vec2", "audio_encoder_path": value}

@@ -82,13 +82,3 @@ def analyse_clip(
 def nan_result(columns: tuple[str, ...], reason: str) -> dict[str, float | str]:
     """The result of a scorer that cannot run: NaN for each column and the reason in ``notes``."""
     return {**{name: NAN for name in columns}, "notes": reason}
-
-
-def interpolated_series(values: list[float | None]) -> np.ndarray | None:
-    """A per-frame series with gaps (None) filled by linear interpolation; None if under half is known."""
-    known = np.array([v is not None for v in values])
-    if known.sum() < max(2, len(values) // 2):
-        return None
-    index = np.arange(len(values))
-    series = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    return np.interp(index, index[known], series[known])

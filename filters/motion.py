@@ -34,8 +34,9 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from filters.base import ClipData, interpolated_series, nan_result
+from filters.base import ClipData, nan_result
 from pipelines import faces
+from pipelines.faces import interpolated_series
 
 NAME = "motion"
 COLUMNS = ("motion_head", "motion_mouth")

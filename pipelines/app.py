@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipelines import media
 from pipelines.errors import FadaError, UsageError
+from pipelines.extras import require
 from pipelines.generate import GenerateConfig
 from pipelines.pipeline import FadaPipeline, speech_array
 
@@ -78,7 +79,7 @@ def generate_for_page(pipe: FadaPipeline, image: str | None, audio: str | None, 
 
 def build_app(pipe: FadaPipeline, config: ServeConfig = ServeConfig()):
     """The Gradio Blocks page over ``pipe`` (launch it with `serve`)."""
-    import gradio as gr
+    gr = require("gradio", "`fada serve`")
 
     strategy, info = pipe.strategy, pipe.info
     out_dir = Path(tempfile.mkdtemp(prefix="fada-serve-"))

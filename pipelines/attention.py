@@ -1,4 +1,4 @@
-"""Attention processors and hooks that turn two SD UNets into FADA's dual-UNet (SPEC §3).
+"""Attention processors and hooks that turn two SD UNets into FADA's dual-UNet (DESIGN §3).
 
 Nothing here replaces a module's `forward`. Per-call data travels the way diffusers intends:
 `FadaModel` passes `cross_attention_kwargs={"fada": FadaAttentionState(...)}` to the UNet, and
@@ -176,7 +176,7 @@ def cross_attention_layers(unet) -> list[Attention]:
 
 
 class TemporalLayers(ModelMixin, ConfigMixin):
-    """One `TransformerTemporalModel` per spatial transformer of the denoising net (SPEC §3).
+    """One `TransformerTemporalModel` per spatial transformer of the denoising net (DESIGN §3).
 
     Each attends across the F frames at every pixel, with sinusoidal frame positions; its output
     projection is zero-initialised so the layer starts as the identity (an SD1.5-initialised model
@@ -246,7 +246,7 @@ def attach_temporal_layers(unet, temporal: TemporalLayers) -> list[torch.utils.h
 
 
 class CfgConditioning(ModelMixin, ConfigMixin):
-    """The student's CFG conditioning (SPEC §3, §4 "CFG inside distillation"), zero-initialised.
+    """The student's CFG conditioning (DESIGN §3, §4 "CFG inside distillation"), zero-initialised.
 
     mode 'tokens': learnable γ_a, γ_r, γ_b (n_tokens × width) mixed by Eq. 10 (`fada_math.cfg_embedding`)
     and attended by one CFG cross-attention after each audio attention (`AudioAttnProcessor`);

@@ -1,4 +1,4 @@
-"""Audio features per video frame and their projection to audio tokens (SPEC §3, "Audio").
+"""Audio features per video frame and their projection to audio tokens (DESIGN §3, "Audio").
 
 16 kHz mono speech at 25 fps gives 640 samples per video frame. An encoder turns a clip's waveform
 into one feature vector per video frame, `frame_audio_features` stacks the ±`audio_window` frames
@@ -27,8 +27,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from pipelines.errors import InputFileError, UsageError
 from pipelines.model_config import MEL_SUBFRAMES, ModelConfig
 
-AUDIO_SR = 16_000  # samples per second (SPEC §2)
-VIDEO_FPS = 25  # video frames per second (SPEC §2)
+AUDIO_SR = 16_000  # samples per second (DESIGN §2)
+VIDEO_FPS = 25  # video frames per second (DESIGN §2)
 SAMPLES_PER_FRAME = AUDIO_SR // VIDEO_FPS  # 640
 MEL_HOP = SAMPLES_PER_FRAME // MEL_SUBFRAMES  # 160 samples = 10 ms
 MEL_N_FFT = 512  # STFT size (32 ms); a 400-sample Hann window (25 ms) inside it
@@ -215,7 +215,7 @@ def build_audio_encoder(config: ModelConfig) -> AudioEncoder:
     if config.audio_encoder == "mel":
         return MelEncoder(config.n_mels, config.audio_window)
     if config.audio_encoder_path is None:
-        raise UsageError("audio_encoder='wav2vec2' needs a local folder; pass --audio-encoder-path PATH.")
+        raise UsageError("`audio_encoder` wav2vec2 needs a local folder; pass `audio_encoder_path` PATH.")
     encoder = Wav2Vec2Encoder(config.audio_encoder_path, config.audio_window)
     if encoder.feature_dim != config.audio_feature_dim:
         raise UsageError(
@@ -303,7 +303,7 @@ class AudioProjection(ModelMixin, ConfigMixin):
     """Learned map from a window of audio features to N audio tokens, plus the learned null audio.
 
     (B, F, W, D_feat) → (B, F, N, D_cross). `null_tokens` (N, D_cross) replace the tokens of a sample
-    whose audio is dropped (SPEC §3: "a dropped condition becomes a learned null (audio)").
+    whose audio is dropped (DESIGN §3: "a dropped condition becomes a learned null (audio)").
     """
 
     @register_to_config

@@ -1,7 +1,7 @@
-"""`fada eval --cfg-sweep`: metrics against the audio and the reference CFG scale (the paper's Figs. 3 and 4).
+"""`fada cfg-sweep`: metrics against the audio and the reference CFG scale (the paper's Figs. 3 and 4).
 
 1. list the held-out set (a clip manifest or a folder of mp4): each clip's speech drives one
-   generated video named after it, from ``--image`` or, without one, the clip's first frame;
+   generated video named after it, from ``image`` or, without one, the clip's first frame;
 2. generate the set at every grid point: the audio scales with the reference scale at its default,
    then the reference scales with the audio scale at its default (a point on both axes is made once);
 3. evaluate each point against the held-out clips with `pipelines.evaluate` (sync / E-FID / IQA
@@ -45,10 +45,9 @@ class SweepConfig:
         for name in ("audio_scales", "ref_scales"):
             values = getattr(self, name)
             if not values or not all(math.isfinite(v) for v in values):
-                option = f"--{name.replace('_', '-')}"
-                raise UsageError(f"{option} {values!r} is not valid; give finite numbers such as 1,3.5,6.5,9.")
+                raise UsageError(f"`{name}` {values!r} is not valid; give finite numbers such as 1,3.5,6.5,9.")
         if self.max_videos is not None and self.max_videos < 1:
-            raise UsageError(f"max_videos {self.max_videos} is not valid; use 1 or more.")
+            raise UsageError(f"`max_videos` {self.max_videos} is not valid; use 1 or more.")
 
 
 @dataclass(frozen=True)
@@ -60,20 +59,20 @@ class HeldOutClip:
     audio: Path  # speech (the clip's own audio track)
 
 
-def parse_scales(text: str, option: str) -> tuple[float, ...]:
-    """'1,3.5,6.5' → (1.0, 3.5, 6.5); UsageError naming the option otherwise."""
+def parse_scales(text: str, field: str) -> tuple[float, ...]:
+    """'1,3.5,6.5' → (1.0, 3.5, 6.5); UsageError naming the `SweepConfig` field otherwise."""
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise UsageError(f"{option} {text!r} is not a comma-separated list of numbers; e.g. 1,3.5,6.5,9.") from None
+        raise UsageError(f"`{field}` {text!r} is not a comma-separated list of numbers; e.g. 1,3.5,6.5,9.") from None
     if not values:
-        raise UsageError(f"{option} is empty; give comma-separated numbers such as 1,3.5,6.5,9.")
+        raise UsageError(f"`{field}` is empty; give comma-separated numbers such as 1,3.5,6.5,9.")
     return values
 
 
 def held_out_clips(reference: Path, image: Path | None, work_dir: Path, max_videos: int | None) -> list[HeldOutClip]:
     """The clips of the held-out set; without ``image`` each clip's first frame is its portrait."""
-    videos = list_videos(reference, "--reference")
+    videos = list_videos(reference, "`reference`")
     stems = sorted(videos)[:max_videos]
     clips = []
     for stem in stems:

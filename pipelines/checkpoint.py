@@ -1,4 +1,4 @@
-"""Checkpoint folders (SPEC §5): safetensors + JSON only, written atomically, loaded safely.
+"""Checkpoint folders (docs/DESIGN.md §5): safetensors + JSON only, written atomically, loaded safely.
 
 Layout::
 
@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from pipelines.errors import CheckpointError
 
-FORMAT_VERSION = 1  # bump on any change to the layout below (and note it in CHANGELOG.md)
+FORMAT_VERSION = 2  # bump on any change to the layout below (and note it in CHANGELOG.md); see `migrate_config`
 CHECKPOINT_FILE = "fada_checkpoint.json"
 TRAINING_TENSORS_FILE = "training_state.safetensors"
 TRAINING_META_FILE = "training_state.json"
@@ -227,7 +227,7 @@ def load_checkpoint_info(path: str | Path, expect_stage: str | None = None) -> C
         format_version=version,
         stage=stage,
         mode=str(record.get("mode", "")),
-        config=dict(record.get("config", {})),
+        config=migrate_config(dict(record.get("config", {})), version),
         step=int(record.get("step", 0)),
         manifest_hash=record.get("manifest_hash"),
         teacher_hash=record.get("teacher_hash"),
@@ -235,6 +235,24 @@ def load_checkpoint_info(path: str | Path, expect_stage: str | None = None) -> C
         components=components,
         has_training_state=bool(record.get("has_training_state", False)),
     )
+
+
+DROPOUT_RATES = ("p_drop_audio", "p_drop_both")  # format 1 kept them in the model config
+
+
+def migrate_config(config: dict, version: int) -> dict:
+    """A checkpoint's config as this fada reads it, whatever format wrote it.
+
+    Format 1 → 2: the condition dropout rates ``p_drop_audio`` and ``p_drop_both`` (a training
+    choice, docs/DESIGN.md §3) moved from the model config to the training config.
+    """
+    config = json.loads(json.dumps(config))  # a deep copy
+    if version < 2:
+        model = config.get("model", config)  # a config without "model" is the model config itself
+        rates = {name: model.pop(name) for name in DROPOUT_RATES if isinstance(model, dict) and name in model}
+        if isinstance(config.get("train"), dict):
+            config["train"] = {**rates, **config["train"]}
+    return config
 
 
 def load_component(path: str | Path, name: str, cls: type):
@@ -277,11 +295,13 @@ def checkpoint_hash(path: str | Path) -> str:
     """sha256 identifying the model: stage, mode and config, plus every file of the component folders.
 
     Recorded by a student as ``teacher_hash``. Step, extra and training state do not count, so the
-    same weights saved twice (for inference, or for resuming) hash the same.
+    same weights saved twice (for inference, or for resuming) hash the same. The config is hashed as
+    written (before `migrate_config`), so a checkpoint keeps its hash across fada versions.
     """
     path = Path(path)
     info = load_checkpoint_info(path)
-    identity = {"stage": info.stage, "mode": info.mode, "config": info.config}
+    written = json.loads((path / CHECKPOINT_FILE).read_text()).get("config", {})
+    identity = {"stage": info.stage, "mode": info.mode, "config": written}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     for name in info.components:
         for file in sorted(file for file in (path / name).rglob("*") if file.is_file()):
@@ -358,19 +378,6 @@ def _tensor(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
 
 def _key(key: object) -> object:
     return tuple(key) if isinstance(key, list) else key  # JSON turns tuple keys into lists
-
-
-def optimizer_state_to_tensors(state_dict: Mapping) -> tuple[dict[str, torch.Tensor], dict]:
-    """Flatten ``optimizer.state_dict()`` into ``(tensors, meta)`` (see `pack_state`)."""
-    tensors, tree = pack_state(state_dict, prefix="optimizer")
-    return tensors, {"optimizer": tree}
-
-
-def optimizer_state_from_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> dict:
-    """The inverse of `optimizer_state_to_tensors`, ready for ``optimizer.load_state_dict``."""
-    if "optimizer" not in meta:
-        raise CheckpointError("training state holds no optimizer state; resume from a training checkpoint.")
-    return unpack_state(tensors, meta["optimizer"])
 
 
 def rng_state() -> dict:

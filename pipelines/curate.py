@@ -45,15 +45,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.ndimage import gaussian_filter1d
 
-from filters import background, face, motion, quality, sync
+from filters import background, face, image_quality, motion, sync
 from filters.base import ScoringSettings, analyse_clip
 from filters.tiers import Thresholds, assign_tier, write_thresholds
-from pipelines import faces, media
+from pipelines import curate_ray, faces, media
 from pipelines.errors import FadaError, ManifestError, UsageError
 from pipelines.manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 from pipelines.progress import make_progress
 
-SCORERS = (face, sync, motion, quality, background)  # every scorer, in the order they run
+SCORERS = (face, sync, motion, image_quality, background)  # every scorer, in the order they run
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 CLIPS_FOLDER = "clips"  # clip mp4s live in DIR/clips/
 NO_FILE = "."  # video_path of a rejected row that has no clip file
@@ -87,18 +87,18 @@ class CurateConfig:
         checks = [
             (
                 16 <= self.size <= 4096 and self.size % 2 == 0,
-                f"--size must be even, 16..4096, got {self.size}",
+                f"`size` must be even, 16..4096, got {self.size}",
             ),
-            (self.min_seconds > 0, f"--min-seconds must be > 0, got {self.min_seconds}"),
+            (self.min_seconds > 0, f"`min_seconds` must be > 0, got {self.min_seconds}"),
             (
                 self.max_seconds >= self.min_seconds,
-                f"--max-seconds ({self.max_seconds}) must be ≥ --min-seconds ({self.min_seconds})",
+                f"`max_seconds` ({self.max_seconds}) must be ≥ `min_seconds` ({self.min_seconds})",
             ),
-            (self.workers >= 1, f"--workers must be ≥ 1, got {self.workers}"),
-            (self.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"),
+            (self.workers >= 1, f"`workers` must be ≥ 1, got {self.workers}"),
+            (self.engine in ENGINES, f"`engine` must be one of {', '.join(ENGINES)}, got {self.engine!r}"),
             (
                 self.ray_address is None or self.engine == "ray",
-                f"--ray-address {self.ray_address} needs --engine ray",
+                f"`ray_address` {self.ray_address} needs `engine` ray",
             ),
         ]
         for ok, message in checks:
@@ -366,6 +366,13 @@ def write_part(rows: list[dict], out_dir: Path, source: Path, metadata: dict) ->
     return path
 
 
+def failed_part(source: Path, reason: str, out_dir: Path, metadata: dict) -> list[dict]:
+    """The rejected row of a source whose worker died, written as the source's part."""
+    rows = [failed_row(source, reason)]
+    write_part(rows, out_dir, source, metadata)
+    return rows
+
+
 def curate_source(source: Path, out_dir: Path, config: CurateConfig, done: frozenset[str],
                   metadata: dict) -> list[dict]:  # fmt: skip
     """Every new row of one source, written as its Parquet part before returning; the engines' task.
@@ -450,7 +457,7 @@ def iter_local(sources: list[Path], out_dir: Path, config: CurateConfig, done: d
             except BrokenProcessPool as exc:  # a worker died (killed, out of memory): the pool is gone
                 raise FadaError(
                     f"a curate worker died while on {source} ({exc}); finished sources are kept, "
-                    "rerun with --resume (fewer --workers if memory ran out)."
+                    "rerun with `resume` (fewer `workers` if memory ran out)."
                 ) from exc
 
 
@@ -468,9 +475,8 @@ def iter_source_rows(sources: list[Path], out_dir: Path, config: CurateConfig, d
         else:
             todo.append(source)
     if config.engine == "ray":
-        from pipelines.curate_ray import iter_ray
-
-        yield from iter_ray(todo, out_dir, config, done, metadata)
+        done_by_path = {source: done.get(source_key(source), frozenset()) for source in todo}
+        yield from curate_ray.iter_ray(todo, out_dir, config, done_by_path, metadata, curate_source, failed_part)
     else:
         yield from iter_local(todo, out_dir, config, done, metadata)
 
@@ -537,11 +543,11 @@ def run_curate(inputs: list[Path], out_dir: Path, config: CurateConfig, resume: 
         raise UsageError(f"no videos found in {[str(i) for i in inputs]}; expected {sorted(VIDEO_SUFFIXES)} files.")
     manifest_path, parts_folder = out_dir / MANIFEST_NAME, out_dir / PARTS_FOLDER
     if manifest_path.exists() and not resume:
-        raise UsageError(f"{manifest_path} already exists; pass --resume to continue it or choose another --out.")
+        raise UsageError(f"{manifest_path} already exists; pass `resume` to continue it or choose another `out`.")
     if parts_folder.is_dir() and any(parts_folder.glob("*.parquet")) and not resume:
         raise UsageError(
             f"{parts_folder} holds the finished sources of an interrupted run; "
-            "pass --resume to continue it or choose another --out."
+            "pass `resume` to continue it or choose another `out`."
         )
     (out_dir / CLIPS_FOLDER).mkdir(parents=True, exist_ok=True)
     parts_folder.mkdir(exist_ok=True)

@@ -1,7 +1,8 @@
 """The ``ray`` engine of `fada curate`: one Ray task per source video, on a cluster or a local Ray.
 
-Each task runs `curate.curate_source` (decode, crop, score, write the clip mp4s and the source's
-Parquet part) with an explicit request of one CPU, so Ray places as many tasks on a node as it
+The engine knows nothing of curation (`pipelines.curate` imports it, never the other way): it is
+handed the task body (`curate.curate_source`: decode, crop, score, write the clip mp4s and the
+source's Parquet part) and runs it with an explicit request of one CPU, so Ray places as many tasks on a node as it
 has CPUs; the output folder must be visible to every node (a shared filesystem). The driver
 keeps about four tasks per cluster CPU submitted and collects them in completion order, so the
 progress bar counts work finished on the cluster and no call grows with the number of sources. A
@@ -16,9 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipelines.curate import CurateConfig, curate_source, failed_row, source_key, write_part
 from pipelines.errors import UsageError
+from pipelines.extras import require
+
+if TYPE_CHECKING:
+    from pipelines.curate import CurateConfig
 
 TASK_CPUS = 1  # CPUs each source task asks Ray for (the scorers run single-threaded)
 TASK_RETRIES = 1  # retries of a task whose worker died before its source is recorded as failed
@@ -27,13 +32,7 @@ WAIT_BATCH = 64  # finished tasks collected per ray.wait (which returns after at
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError as exc:
-        raise UsageError(
-            f"--engine ray needs the ray package ({exc}); install fada with its dependencies or use --engine local."
-        ) from exc
-    return ray
+    return require("ray", "`engine` ray")
 
 
 def start_ray(config: CurateConfig) -> bool:
@@ -48,15 +47,19 @@ def start_ray(config: CurateConfig) -> bool:
             ray.init(address=config.ray_address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UsageError(
-                f"cannot connect to the Ray cluster at --ray-address {config.ray_address} "
-                f"({' '.join(str(exc).split())[:200]}); start it with `ray start --head` or omit --ray-address."
+                f"cannot connect to the Ray cluster at `ray_address` {config.ray_address} "
+                f"({' '.join(str(exc).split())[:200]}); start it with `ray start --head` or omit `ray_address`."
             ) from exc
     return True
 
 
-def iter_ray(sources: list[Path], out_dir: Path, config: CurateConfig, done: dict[str, frozenset[str]],
-             metadata: dict, work: Callable = curate_source) -> Iterator[tuple[Path, list[dict]]]:  # fmt: skip
-    """Yield (source, rows) as the Ray tasks finish; ``work`` is the task body (`curate_source`)."""
+def iter_ray(sources: list[Path], out_dir: Path, config: CurateConfig, done: dict[Path, frozenset[str]],
+             metadata: dict, work: Callable, failed: Callable) -> Iterator[tuple[Path, list[dict]]]:  # fmt: skip
+    """Yield (source, rows) as the Ray tasks finish.
+
+    ``work(source, out_dir, config, done[source], metadata)`` is the task body (`curate.curate_source`);
+    ``failed(source, reason, out_dir, metadata)`` the rows of a source whose worker died (`curate.failed_part`).
+    """
     if not sources:
         return
     ray = _ray()
@@ -69,17 +72,16 @@ def iter_ray(sources: list[Path], out_dir: Path, config: CurateConfig, done: dic
         pending: dict = {}
         while queue or pending:
             while queue and len(pending) < in_flight_cap:  # a bounded window keeps each wait cheap
-                source = queue.pop()
-                key = source_key(source)  # arguments are small: a config, a few KB, and this source's ids
-                pending[task.remote(source, out_dir, config, done.get(key, frozenset()), metadata)] = source
+                source = queue.pop()  # arguments are small: a config, a few KB, and this source's ids
+                pending[task.remote(source, out_dir, config, done.get(source, frozenset()), metadata)] = source
             ready, _ = ray.wait(list(pending), num_returns=min(len(pending), WAIT_BATCH), timeout=1.0)
             for ref in ready:
                 source = pending.pop(ref)
                 try:
                     rows = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the worker died (twice) on this source
-                    rows = [failed_row(source, f"ray worker: {type(exc).__name__}: {str(exc).splitlines()[0]}")]
-                    write_part(rows, out_dir, source, metadata)
+                    rows = failed(source, f"ray worker: {type(exc).__name__}: {str(exc).splitlines()[0]}", out_dir,
+                                  metadata)  # fmt: skip
                 yield source, rows
     finally:
         if started_here:

@@ -1,6 +1,6 @@
 """The training data: clips of a manifest → frame windows, reference, motion frames, audio features.
 
-One item is one training window of F frames (SPEC §3):
+One item is one training window of F frames (DESIGN §3):
 
 - ``frames``: F consecutive frames from a random window start, images in [-1, 1], (F, 3, S, S);
 - ``reference``: another frame of the same clip, drawn outside the window and its motion frames
@@ -103,7 +103,7 @@ class WindowDataset(torch.utils.data.Dataset):
             raise MediaError(
                 f"clip {first['clip_id']!r} ({first['video_path']}) has {first['n_frames']} frames but training needs "
                 f"at least {needed} (F={self.num_frames} plus a reference frame), and {len(short) - 1} more clips "
-                "are as short; pass a smaller --frames or use longer clips."
+                "are as short; pass a smaller `frames_per_clip` or use longer clips."
             )
         # fixed-width string arrays, not lists of Python objects: a forked DataLoader worker reads them
         # without copying their pages (reference counts), and a row costs a few hundred bytes at most
@@ -140,7 +140,7 @@ class WindowDataset(torch.utils.data.Dataset):
         if len(video) < needed:
             raise MediaError(
                 f"clip {clip_id!r} ({path}) has {len(video)} frames but training needs at least {needed} "
-                f"(F={self.num_frames} plus a reference frame); pass a smaller --frames or use longer clips."
+                f"(F={self.num_frames} plus a reference frame); pass a smaller `frames_per_clip` or use longer clips."
             )
         frames = torch.from_numpy(video).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
         size = self.config.sample_size
@@ -337,7 +337,7 @@ class WindowSampler:
         if state["n_clips"] != self.n_clips:
             raise ManifestError(
                 f"the checkpoint was trained on {state['n_clips']} clips but the manifest now selects "
-                f"{self.n_clips}; resume with the same manifest and tiers, or start a new --out."
+                f"{self.n_clips}; resume with the same manifest and tiers, or start a new `out`."
             )
         self.seed, self.position = state["seed"], state["position"]
 

@@ -2,7 +2,7 @@
 
 1. demo-data: synthetic talking portraits with known ground truth (`pipelines.demo_data`);
 2. curate: score and tier them (`pipelines.curate`); the last identity is held out of training;
-3. train-teacher on the tier-A clips of the other identities in two stages (docs/DESIGN.md §3b): the
+3. train-teacher on the tier-A clips of the other identities in two stages (DESIGN §3b): the
    image stage (single frames, reference net + denoising net), then the video stage (the audio path and
    the temporal layers on F-frame windows). A few probe steps time each stage, then each resumes up to
    the steps its share of the minutes left pays for (`DemoConfig.image_share`). Whatever the probes
@@ -46,7 +46,7 @@ from pipelines.checkpoint import save_checkpoint
 from pipelines.curate import CurateConfig, run_curate
 from pipelines.demo_data import DemoDataConfig, generate_demo_data
 from pipelines.devices import resolve_device
-from pipelines.distill import DistillConfig, distill
+from pipelines.distill import DistillStage
 from pipelines.errors import UsageError
 from pipelines.evaluate import EvalConfig, evaluate
 from pipelines.faces import face_found_rate
@@ -57,7 +57,8 @@ from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
 from pipelines.pipeline import FadaPipeline
 from pipelines.progress import log
-from pipelines.train_teacher import TeacherTrainConfig, train_teacher
+from pipelines.train_teacher import TeacherStage
+from pipelines.training import FitResult, fit
 
 MARKER = "fada_demo.json"  # written first into DIR: marks a folder a rerun may replace
 SUMMARY = "demo_summary.json"
@@ -107,11 +108,11 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             choices = ", ".join(PRESETS)
-            raise UsageError(f"--preset {self.preset!r} is not valid for the CPU demo; use one of {choices}.")
+            raise UsageError(f"`preset` {self.preset!r} is not valid for the CPU demo; use one of {choices}.")
         if not 0.0 < self.image_share < 1.0:
             raise UsageError(f"image_share {self.image_share} is not valid; use a fraction between 0 and 1.")
         if not (math.isfinite(self.minutes) and self.minutes >= 1):
-            raise UsageError(f"--minutes {self.minutes} is not valid; use 1 or more (15 runs the default demo).")
+            raise UsageError(f"`minutes` {self.minutes} is not valid; use 1 or more (15 runs the default demo).")
         if not 0.0 <= self.teacher_min_share + self.student_min_share <= 1.0:
             raise UsageError("teacher_min_share + student_min_share must be a fraction of the budget in [0, 1].")
         if not 1.0 <= self.eval_seconds <= 10.0:
@@ -244,29 +245,24 @@ def distill_student(out: Path, teacher: Path, mode: str, deadline: float, config
     ``deadline`` (seconds since the epoch, so that a student in another process keeps the same clock)."""
     student = out / "students" / mode
     probe_steps = config.distill_probe_steps
-    distill_config = DistillConfig(mode=mode, steps=probe_steps, batch_size=config.batch_size, lr=config.distill_lr,
-                                   solver_steps=config.distill_solver_steps, seed=config.seed,
-                                   checkpoint_every=10**6)  # fmt: skip
+    options = dict(mode=mode, steps=probe_steps, batch_size=config.batch_size, lr=config.distill_lr,
+                   solver_steps=config.distill_solver_steps, seed=config.seed, checkpoint_every=10**6)  # fmt: skip
     manifest = out / "curated" / "distill.parquet"
-    distill(teacher, manifest, student, distill_config, device, quiet=quiet)
+    result = fit(DistillStage(teacher), manifest, student, overrides=options, device=device, quiet=quiet)
     step_s = median_step_seconds(student)
     steps = min(config.max_steps, probe_steps + plan_training_steps(deadline - time.time(), 0.0, step_s, 0.0, 0,
                                                                     10**9))  # fmt: skip
     log(f"distill {mode}: {step_s:.2f} s/step → {steps} steps", quiet=quiet)
-    result = None
     if steps > probe_steps:
-        result = distill(teacher, manifest, student, replace(distill_config, steps=steps), device, resume=True,
-                         quiet=quiet)  # fmt: skip
-    last = pd.read_csv(student / "train_log.csv").iloc[-1]
-    summary = {"steps": int(last["step"]), "seconds_per_step": step_s, "final_loss": float(last["loss"]),
-               "final_loss_distill": float(last["loss_distill"]), "final_loss_gt": float(last["loss_gt"]),
-               "resumed": result is not None}  # fmt: skip
-    return student, summary
+        result = fit(DistillStage(teacher), manifest, student, overrides=options | {"steps": steps}, resume=True,
+                     device=device, quiet=quiet)  # fmt: skip
+    losses = {f"final_{name}": result.means[name] for name in ("loss", "loss_distill", "loss_gt")}
+    return student, {"steps": result.steps, "seconds_per_step": step_s, **losses}
 
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise UsageError(f"--out {out} exists and is not a previous `fada demo` folder; name a new or empty folder.")
+        raise UsageError(f"`out` {out} exists and is not a previous `fada demo` folder; name a new or empty folder.")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -323,7 +319,7 @@ def curate_and_split(out: Path, config: DemoConfig, truth: pd.DataFrame, quiet: 
     if not (train_rows["tier"] == "A").any() or held_rows.empty:
         raise UsageError(
             f"curate gave {int((train_rows['tier'] == 'A').sum())} tier-A training clips and {len(held_rows)} "
-            f"held-out clips of {held_identity}; rerun with another --seed."
+            f"held-out clips of {held_identity}; rerun with another `seed`."
         )
     held_rows = held_rows.head(config.eval_clips)
     folder, extra = out / "curated", {"held_out_identity": held_identity}
@@ -338,14 +334,15 @@ def curate_and_split(out: Path, config: DemoConfig, truth: pd.DataFrame, quiet: 
                      per_frame_s)  # fmt: skip
 
 
-def teacher_configs(config: DemoConfig) -> dict[str, TeacherTrainConfig]:
-    """The image-stage and video-stage training configs of the demo recipe (probe-length steps)."""
+def teacher_options(config: DemoConfig) -> dict[str, dict]:
+    """The image-stage and video-stage options of the demo recipe (probe-length steps): the overrides
+    `training.fit` resolves, as it does `fada train-teacher`'s options (``--preset`` is ``config.preset``)."""
     common = dict(steps=config.probe_steps, lr=config.teacher_lr, loss_weighting=config.loss_weighting,
                   ema=config.teacher_ema, seed=config.seed, checkpoint_every=10**6,
                   identity_augment=config.identity_augment)  # fmt: skip
     return {
-        "image": TeacherTrainConfig(stage="image", batch_size=config.image_batch_size, **common),
-        "video": TeacherTrainConfig(stage="video", batch_size=config.batch_size, **common),
+        "image": {"stage": "image", "batch_size": config.image_batch_size, **common},
+        "video": {"stage": "video", "batch_size": config.batch_size, **common},
     }
 
 
@@ -366,25 +363,28 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
     the video stage, started from it, up to the rest.
     """
     began = time.time()
-    model_config = get_preset(config.preset)
-    configs = teacher_configs(config)
+    options = teacher_options(config)
     image, video = out / "teacher" / "image", out / "teacher" / "video"
-    train_teacher(split.train, image, model_config, configs["image"], device, quiet=quiet)
-    train_teacher(split.train, video, model_config, configs["video"], device, init_from=image, quiet=quiet)
+
+    def train(folder: Path, stage: str, steps: int | None = None, **how) -> FitResult:
+        overrides = options[stage] if steps is None else options[stage] | {"steps": steps}
+        return fit(TeacherStage(), split.train, folder, preset=config.preset, overrides=overrides, device=device,
+                   quiet=quiet, **how)  # fmt: skip
+
+    train(image, "image")
+    train(video, "video", init_from=image)
     step_s = {"image": median_step_seconds(image), "video": median_step_seconds(video)}
     teacher_s = teacher_seconds(config, deadline - began - reserve_s) - (time.time() - began)
     image_steps = config.probe_steps + plan_training_steps(
         config.image_share * teacher_s, 0.0, step_s["image"], 0.0, config.min_steps, config.max_steps
     )
     log(f"teacher: {teacher_s:.0f} s; image stage {step_s['image']:.2f} s/step → {image_steps} steps", quiet=quiet)
-    result = train_teacher(split.train, image, model_config, replace(configs["image"], steps=image_steps), device,
-                           resume=True, quiet=quiet)  # fmt: skip
+    result = train(image, "image", image_steps, resume=True)
     # the video stage restarts from the finished image stage: the probe only timed it
     left_s = teacher_s * (1 - config.image_share)
     video_steps = plan_training_steps(left_s, 0.0, step_s["video"], 0.0, config.min_steps, config.max_steps)
     log(f"teacher: video stage {step_s['video']:.2f} s/step → {video_steps} steps", quiet=quiet)
-    video_result = train_teacher(split.train, video, model_config, replace(configs["video"], steps=video_steps),
-                                 device, init_from=image, overwrite=True, quiet=quiet)  # fmt: skip
+    video_result = train(video, "video", video_steps, init_from=image, overwrite=True)
     summary = {
         "checkpoint": str(video),
         "seconds": time.time() - began,

@@ -1,4 +1,4 @@
-"""The demo dataset (SPEC §2): synthetic talking portraits with known ground truth.
+"""The demo dataset (DESIGN §2): synthetic talking portraits with known ground truth.
 
 Every identity is derived from the real portrait that scikit-image ships (`skimage.data.astronaut`)
 by a geometry change (flip, face width) and new skin, hair, clothes and background colours; the
@@ -60,13 +60,13 @@ class DemoDataConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.clips >= 1, f"--clips must be at least 1, got {self.clips}"),
+            (self.clips >= 1, f"`clips` must be at least 1, got {self.clips}"),
             (
                 1 <= self.identities <= len(IDENTITIES),
-                f"--identities must be 1..{len(IDENTITIES)}, got {self.identities}",
+                f"`identities` must be 1..{len(IDENTITIES)}, got {self.identities}",
             ),
-            (64 <= self.size <= 512, f"--size must be 64..512 pixels, got {self.size}"),
-            (1.0 <= self.seconds <= 10.0, f"--seconds must be 1..10, got {self.seconds}"),
+            (64 <= self.size <= 512, f"`size` must be 64..512 pixels, got {self.size}"),
+            (1.0 <= self.seconds <= 10.0, f"`seconds` must be 1..10, got {self.seconds}"),
             (0.0 <= self.clean_fraction <= 1.0, f"clean_fraction must be in [0, 1], got {self.clean_fraction}"),
         ]
         for ok, message in checks:

@@ -20,12 +20,6 @@ class UsageError(FadaError):
     exit_code = 2
 
 
-class NotImplementedYetError(FadaError):
-    """The subcommand's stage has not been built yet."""
-
-    exit_code = 2
-
-
 class InputFileError(FadaError):
     """A file the user named is missing, unreadable, corrupt or of the wrong kind."""
 

@@ -1,4 +1,4 @@
-"""`fada eval`: generated videos against reference videos with the metrics of SPEC §6.
+"""`fada eval`: generated videos against reference videos with the metrics of DESIGN §6.
 
 1. list both sets (a clip manifest or a folder of mp4) and pair them by file stem;
 2. load the learned extractors the user named (each checked against its contract, file hashed);
@@ -26,21 +26,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from filters import quality
-from filters.base import ClipData, ScoringSettings
 from pipelines import faces
 from pipelines.devices import resolve_device
 from pipelines.errors import InputFileError, ManifestError, UsageError
 from pipelines.faces import FaceMeshTracker
 from pipelines.manifest import clip_path, read_manifest
-from pipelines.media import probe_video, read_audio, read_video
-from pipelines.metrics import extractors, identity, mouth_window, proxies
+from pipelines.media import AUDIO_SR, probe_video, read_audio, read_video
+from pipelines.metrics import extractors, identity, mouth_window, proxies, quality
 from pipelines.metrics.frechet import frechet_distance_of_features
 from pipelines.progress import log, make_progress
 
 SETS = ("generated", "reference")
 IDENTITY_COLUMNS = ("identity_psnr16", "identity_colour_de")
-FID_STABLE_FRAMES = 2048  # SPEC §6: fewer Inception frames do not give a stable FID
+FID_STABLE_FRAMES = 2048  # DESIGN §6: fewer Inception frames do not give a stable FID
 WEIGHT_OPTIONS = {
     "fid": "inception_weights",
     "fvd": "i3d_weights",
@@ -59,7 +57,7 @@ class EvalConfig:
     r3d_weights: Path | None = None  # 3D-ResNet TorchScript → FVD-R
     expression_weights: Path | None = None  # expression-coefficient TorchScript → E-FID
     iqa_metric: str | None = "musiq"  # learned pyiqa metric read from pyiqa's local cache → iqa; None: none
-    nr_iqa_metric: str = "piqe"  # weight-free pyiqa metric (`filters.quality.WEIGHT_FREE_IQA`), always run
+    nr_iqa_metric: str = "piqe"  # weight-free pyiqa metric (`metrics.quality.WEIGHT_FREE_IQA`), always run
     device: str = "cpu"  # where the TorchScript extractors run (auto, cpu, cuda[:N], mps)
     batch_size: int = 16  # frames (or 16-frame clips) per extractor call
     e_fid_components: int = 16  # PCA components of the E-FID proxy
@@ -247,10 +245,9 @@ def analyse_video(path: Path, loaded: LoadedExtractors, config: EvalConfig, with
     anchor = _mouth_anchor(frames, landmarks, portrait)
     row["mouth_found_by"] = anchor.source if anchor is not None else ""
     if has_audio:
-        settings = ScoringSettings(syncnet_weights=config.syncnet_weights, iqa_metric=None)
-        clip = ClipData(frames=frames, audio=read_audio(path), fps=fps, landmarks=landmarks, settings=settings)
-        for scores in (proxies.syncnet_scores(clip), proxies.sync_proxy(frames, clip.audio, fps, clip.audio_sr,
-                                                                        landmarks, anchor)):  # fmt: skip
+        audio = read_audio(path)
+        for scores in (proxies.syncnet_scores(frames, audio, config.syncnet_weights),
+                       proxies.sync_proxy(frames, audio, fps, AUDIO_SR, landmarks, anchor)):  # fmt: skip
             notes += [scores.pop("notes")] if "notes" in scores else []
             row.update(scores)
     else:
@@ -441,7 +438,7 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
             continue
         gen, ref = (np.concatenate([v[metric] for v in samples[s]]) for s in SETS)
         note = (
-            f"N < {FID_STABLE_FRAMES} frames: not a stable figure (SPEC §6)"
+            f"N < {FID_STABLE_FRAMES} frames: not a stable figure (DESIGN §6)"
             if metric == "fid" and len(gen) < FID_STABLE_FRAMES
             else ""
         )
@@ -490,7 +487,7 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate the generated set against the reference set; write metrics.json and per_video.parquet."""
     # 1. sources and pairs
-    videos = {"generated": list_videos(generated, "--generated"), "reference": list_videos(reference, "--reference")}
+    videos = {"generated": list_videos(generated, "`generated`"), "reference": list_videos(reference, "`reference`")}
     stems = pair_videos(videos["generated"], videos["reference"])
     unpaired = {s: sorted(set(videos[s]) - set(stems)) for s in SETS}
     for s in SETS:

@@ -233,3 +233,13 @@ def square_crop_box(box: FaceBox, width: int, height: int, scale: float = 1.6) -
     x0 = int(round(min(max(cx - side / 2, 0), width - side)))
     y0 = int(round(min(max(cy - side / 2, 0), height - side)))
     return x0, y0, side
+
+
+def interpolated_series(values: list[float | None]) -> np.ndarray | None:
+    """A per-frame series with gaps (None) filled by linear interpolation; None if under half is known."""
+    known = np.array([v is not None for v in values])
+    if known.sum() < max(2, len(values) // 2):
+        return None
+    index = np.arange(len(values))
+    series = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return np.interp(index, index[known], series[known])

@@ -1,4 +1,4 @@
-"""The paper's math (FADA, arXiv 2412.16915, Eqs. 2-10), exactly as SPEC §4 states it.
+"""The paper's math (FADA, arXiv 2412.16915, Eqs. 2-10), exactly as DESIGN §4 states it.
 
 Torch only, no I/O. Every function accepts floats or tensors and keeps float64 inputs in
 float64. Conventions (PeRFlow reference code, K windows):
@@ -105,7 +105,7 @@ def parse_gt_weight(mode: str) -> tuple[str, float | None]:
         if math.isfinite(value) and value >= 0:
             return "fixed", value
     raise UsageError(
-        f"--gt-weight {mode!r} is not valid; use adaptive, adaptive-unlimited or fixed-X "
+        f"`gt_weight` {mode!r} is not valid; use adaptive, adaptive-unlimited or fixed-X "
         "with X a number >= 0 (e.g. fixed-0.2)."
     )
 
@@ -145,7 +145,7 @@ def window_of(t: Number, K: int = 4) -> Number:
 
 
 def boundary_index(t: Number) -> Number:
-    """ᾱ index of a window boundary t: max(1000·t − 1, 0) → 999, 749, 499, 249, 0 (SPEC §4).
+    """ᾱ index of a window boundary t: max(1000·t − 1, 0) → 999, 749, 499, 249, 0 (DESIGN §4).
 
     t = 0 maps to ᾱ_0 = 0.99915, not 1 (``set_alpha_to_one=False``). Float → int; tensor →
     long tensor.
@@ -165,7 +165,7 @@ def window_solver_indices(k: Number, n: int, K: int = 4) -> torch.Tensor:
     """
     if n < 1 or NUM_TRAIN_TIMESTEPS % (K * n) != 0:
         raise UsageError(
-            f"--solver-steps {n} does not divide a window of {NUM_TRAIN_TIMESTEPS // K} "
+            f"`solver_steps` {n} does not divide a window of {NUM_TRAIN_TIMESTEPS // K} "
             f"timesteps (K={K}); pick n with 1000/(K·n) an integer, e.g. 5, 10 or 25."
         )
     stride = NUM_TRAIN_TIMESTEPS // (K * n)  # ᾱ indices per solver step
@@ -222,7 +222,7 @@ def perflow_eps_target(z_start, z_end, alphas_cumprod: torch.Tensor, k: Number, 
 
 
 def perflow_times(num_steps: int = 6, K: int = 4) -> list[float]:
-    """Continuous times t of an N-step PeRFlow sampler over K windows (SPEC §4, Inference).
+    """Continuous times t of an N-step PeRFlow sampler over K windows (DESIGN §4, Inference).
 
     Each window gets N // K evenly spaced steps starting at its start t_k; the N % K windows
     nearest t = 1 get one more. 6 steps, K = 4: [1, .875, .75, .625, .5, .25]. Raises
@@ -230,7 +230,7 @@ def perflow_times(num_steps: int = 6, K: int = 4) -> list[float]:
     """
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < K or K < 1:
         raise UsageError(
-            f"--steps {num_steps!r} is not valid for {K} PeRFlow windows; use an integer >= {K} "
+            f"`steps` {num_steps!r} is not valid for {K} PeRFlow windows; use an integer >= {K} "
             "(6 for the paper's fast sampler)."
         )
     times = []

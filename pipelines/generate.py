@@ -1,11 +1,12 @@
-"""Portrait + speech → talking-portrait mp4 (with the speech muxed) + a stats JSON beside it.
+"""What generation is built from: its config, how a checkpoint is sampled, portrait and speech input, stats.
 
-`generate` reads as the numbered steps of SPEC §3–4: the reference net runs once per clip of
+`pipelines.pipeline` puts these together (`FadaPipeline`, and `generate`: portrait + speech → mp4 +
+stats JSON) as the numbered steps of docs/DESIGN.md §3–§4: the reference net runs once per clip of
 F frames (on the reference image and the last M generated frames), the denoising net runs
 ``steps × branches`` times per clip. How a checkpoint is sampled is a `SamplingStrategy`
 picked from its stage and mode (`strategy_for`): the teacher is DDIM with the three multi-CFG
 branches (ε_a, ε_r, ε_b) batched in one forward per step (Eq. 9), NFE-D 25 × 3 = 75; a balanced
-student is PeRFlow (SPEC §4 Inference) with the same three branches, 6 × 3 = 18; a fast student
+student is PeRFlow (DESIGN §4, inference) with the same three branches, 6 × 3 = 18; a fast student
 is PeRFlow with one forward per step, the CFG scales entering as CFG tokens (Eq. 10), 6 × 1 = 6.
 
 Long speech runs in bounded memory: the loop holds one clip (and its motion frames), each clip's
@@ -102,12 +103,12 @@ class SamplingStrategy:
     default_steps: int  # steps when GenerateConfig.steps is None
     make_scheduler: Callable[[int], DDIMSampler]  # steps -> object with .timesteps and .step(eps, z, i)
     guided_eps: Callable[..., torch.Tensor]  # (model, z, timestep, audio_tokens, reference, config) -> ε
-    default_cfg_ref: float = 2.5  # --cfg-ref when not given: 2.5 without CFG distillation, 2.0 with it (SPEC §4)
+    default_cfg_ref: float = 2.5  # --cfg-ref when not given: 2.5 without CFG distillation, 2.0 with it (DESIGN §4)
     branches: int = 3  # denoising-net evaluations per step: 3 multi-CFG branches (Eq. 9), 1 with CFG tokens (Eq. 10)
 
 
 def multi_cfg_eps(model: FadaModel, z, timestep: float, audio_tokens, reference, config: GenerateConfig):
-    """ε_cfg of Eq. 9 from ONE denoising-net forward of batch 3 (ε_a, ε_r, ε_b; SPEC §3 states).
+    """ε_cfg of Eq. 9 from ONE denoising-net forward of batch 3 (ε_a, ε_r, ε_b; DESIGN §3 states).
 
     ``z``: (1, F, C, h, w) float32; ``audio_tokens``: (1, F, N, D); ``reference``: the clip's
     `ReferenceFeatures`. Adds 3 to ``model.nfe_counter``.
@@ -169,7 +170,7 @@ def checkpoint_strategy(checkpoint: str | Path | CheckpointInfo) -> SamplingStra
 def read_portrait(path: Path) -> np.ndarray:
     """Any PIL-readable image → RGB uint8 (H, W, 3); alpha is composited on white."""
     if not path.is_file():
-        raise InputFileError(f"portrait {path} does not exist; pass an image file with --image.")
+        raise InputFileError(f"portrait {path} does not exist; pass an image file with `image`.")
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
@@ -200,7 +201,7 @@ def portrait_box(rgb: np.ndarray, crop: bool, scale: float, path: Path | str) ->
     if crop:
         faces = detect_faces(rgb)
         if not faces:
-            raise MediaError(f"no face found in {path}; use a frontal portrait or --no-crop.")
+            raise MediaError(f"no face found in {path}; use a frontal portrait, or skip the face crop: `crop`.")
         return square_crop_box(faces[0], width, height, scale=scale)
     side = min(width, height)
     return (width - side) // 2, (height - side) // 2, side
@@ -221,7 +222,7 @@ def crop_portrait(rgb: np.ndarray, size: int, crop: bool, scale: float, path: Pa
 def read_speech(path: Path, quiet: bool) -> np.ndarray:
     """Speech of any format/rate → float32 mono 16 kHz; too short is an error, silence a warning."""
     if not path.is_file():
-        raise InputFileError(f"speech {path} does not exist; pass an audio file with --audio.")
+        raise InputFileError(f"speech {path} does not exist; pass an audio file with `audio`.")
     audio = media.read_audio(path)
     seconds = len(audio) / media.AUDIO_SR
     if seconds < MIN_AUDIO_S:
@@ -240,17 +241,17 @@ def check_config(config: GenerateConfig, model: FadaModel, strategy: SamplingStr
     frames = model.config.frames_per_clip if config.frames_per_clip is None else config.frames_per_clip
     motion = model.config.motion_frames if config.motion_frames is None else config.motion_frames
     if frames < 1:
-        raise UsageError(f"--frames-per-clip {frames} is not valid; use 1 or more.")
+        raise UsageError(f"`frames_per_clip` {frames} is not valid; use 1 or more.")
     if motion < 1:
-        raise UsageError(f"--motion-frames {motion} is not valid; use 1 or more.")
+        raise UsageError(f"`motion_frames` {motion} is not valid; use 1 or more.")
     if frames > model.config.temporal_max_frames:
         raise UsageError(
-            f"--frames-per-clip {frames} exceeds this model's temporal_max_frames "
+            f"`frames_per_clip` {frames} exceeds this model's temporal_max_frames "
             f"{model.config.temporal_max_frames}; use at most that."
         )
     if motion > frames:
-        raise UsageError(f"--motion-frames {motion} exceeds --frames-per-clip {frames}; use at most {frames}.")
-    for name, value in (("--cfg-audio", config.cfg_audio), ("--cfg-ref", config.cfg_ref)):
+        raise UsageError(f"`motion_frames` {motion} exceeds `frames_per_clip` {frames}; use at most {frames}.")
+    for name, value in (("`cfg_audio`", config.cfg_audio), ("`cfg_ref`", config.cfg_ref)):
         if not math.isfinite(value):
             raise UsageError(f"{name} {value} is not a finite number; use e.g. 6.5 or 2.5.")
     if not 1.0 <= config.crop_scale <= 4.0:
@@ -287,34 +288,3 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 def stats_path(out_mp4: Path) -> Path:
     """``OUT.json`` beside ``OUT.mp4``."""
     return out_mp4.with_suffix(".json")
-
-
-# --- the pipeline -------------------------------------------------------------------------------
-
-
-def generate(
-    checkpoint: str | Path,
-    image: str | Path,
-    audio: str | Path,
-    out_mp4: str | Path,
-    config: GenerateConfig = GenerateConfig(),
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "fp32",
-    quiet: bool = False,
-    stream: bool = False,
-) -> GenerationStats:
-    """Generate ``out_mp4`` (speech muxed) and ``out_mp4.json``: `FadaPipeline.write` of a freshly loaded checkpoint.
-
-    To generate several videos from one checkpoint, load it once with `FadaPipeline.from_checkpoint`.
-    """
-    from pipelines.pipeline import FadaPipeline  # it builds on this module
-
-    out_mp4 = Path(out_mp4)
-    if out_mp4.suffix.lower() != ".mp4" or out_mp4.is_dir():
-        raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
-    if not Path(image).is_file():
-        raise InputFileError(f"portrait {image} does not exist; pass an image file with --image.")
-    if not Path(audio).is_file():
-        raise InputFileError(f"speech {audio} does not exist; pass an audio file with --audio.")
-    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device, dtype=dtype)
-    return pipe.write(image, audio, out_mp4, config, stream=stream, quiet=quiet)

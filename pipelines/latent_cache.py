@@ -68,7 +68,7 @@ class LatentCache:
         path = self.file(clip_id)
         if not path.is_file():
             raise InputFileError(
-                f"latent cache {self.folder} has no entry for clip {clip_id!r}; run with --cache-latents "
+                f"latent cache {self.folder} has no entry for clip {clip_id!r}; run with `latent_cache` "
                 f"{self.folder} again to add it (the run encodes missing clips before training)."
             )
         handle = safe_open(str(path), framework="pt")
@@ -120,7 +120,7 @@ def open_cache(folder: str | Path, key: dict, create: bool) -> LatentCache:
     if not record.is_file():
         if folder.exists() and any(folder.iterdir()):
             raise InputFileError(
-                f"--cache-latents {folder} is a non-empty folder without {CACHE_FILE}; pass a new or empty folder."
+                f"`latent_cache` {folder} is a non-empty folder without {CACHE_FILE}; pass a new or empty folder."
             )
         if create:
             (folder / CLIPS_DIR).mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def open_cache(folder: str | Path, key: dict, create: bool) -> LatentCache:
         what = "the manifest changed" if "manifest_hash" in changed else "the model's codec or audio encoder changed"
         raise InputFileError(
             f"latent cache {folder} was built for another input ({what}: {', '.join(changed)} differ); "
-            "pass a new --cache-latents folder, or delete this one to rebuild it."
+            "pass a new `latent_cache` folder, or delete this one to rebuild it."
         )
     return LatentCache(folder, key)
 

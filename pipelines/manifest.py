@@ -1,4 +1,4 @@
-"""The clip manifest (SPEC §2): one Parquet row per clip, schema declared once here.
+"""The clip manifest (DESIGN §2): one Parquet row per clip, schema declared once here.
 
 Paths inside are relative to the manifest's folder; a path that is absolute or climbs out of that
 folder with ``..`` is rejected. The Parquet key-value metadata (key ``fada``) holds a JSON object
@@ -223,7 +223,7 @@ def _version_key(version: object) -> tuple[int, ...]:
 
 
 def manifest_hash(path: str | Path) -> str:
-    """sha256 (hex) of the manifest file's bytes, recorded in checkpoints (SPEC §5)."""
+    """sha256 (hex) of the manifest file's bytes, recorded in checkpoints (DESIGN §5)."""
     path = Path(path)
     _check_exists(path)
     digest = hashlib.sha256()

@@ -1,6 +1,6 @@
 """All video and audio decoding and encoding: PyAV for mp4, soundfile for wav/flac/ogg.
 
-Conventions (SPEC §2): frames are RGB uint8 ``(T, H, W, 3)``; audio is float32 mono in [-1, 1],
+Conventions (DESIGN §2): frames are RGB uint8 ``(T, H, W, 3)``; audio is float32 mono in [-1, 1],
 resampled to 16 kHz on read with a polyphase filter (`scipy.signal.resample_poly`).
 
 Audio/video alignment: time 0 is the first video frame. On read, every decoded audio frame is
@@ -32,7 +32,7 @@ from scipy.signal import resample_poly
 from pipelines.errors import MediaError
 
 AUDIO_SR = 16_000  # sample rate of every audio signal inside fada (Hz)
-VIDEO_FPS = 25  # frame rate of clips (SPEC §2)
+VIDEO_FPS = 25  # frame rate of clips (DESIGN §2)
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg"}  # read with soundfile; anything else goes through PyAV
 WRITE_AUDIO_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}  # suffix -> (format, subtype)

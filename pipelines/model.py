@@ -1,4 +1,4 @@
-"""`FadaModel`: the dual-UNet audio-driven portrait model shared by the teacher and the student (SPEC §3).
+"""`FadaModel`: the dual-UNet audio-driven portrait model shared by the teacher and the student (DESIGN §3).
 
 Components (each a diffusers `ModelMixin`, saved as config.json + safetensors by `save_checkpoint`):
 `reference_unet` and `denoising_unet` (plain `UNet2DConditionModel`s, loadable on their own),
@@ -7,14 +7,13 @@ only) and `vae` (latent configs only). The extra behaviour — reference attenti
 the CFG layer, temporal attention — is installed with attention processors and forward hooks
 (`pipelines.attention`), never by replacing a `forward`.
 
-Condition states (SPEC §3): ε_a = (audio, reference), ε_r = (null audio, reference),
+Condition states (DESIGN §3): ε_a = (audio, reference), ε_r = (null audio, reference),
 ε_b = (null audio, no reference); `denoise` takes per-sample `drop_audio` / `drop_reference`, so
 the three come out of one batched forward (`denoise_multi_cfg`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +113,7 @@ class FadaModel(torch.nn.Module):
         """A freshly initialised model (temporal and CFG output projections zero).
 
         The reference net starts as an exact copy of the denoising net, as both do when they are
-        initialised from the same SD1.5 UNet (`from_pretrained_sd`; SPEC §3b).
+        initialised from the same SD1.5 UNet (`from_pretrained_sd`; DESIGN §3b).
         """
         denoising_unet = build_unet(config, config.denoising_in_channels)
         reference_unet = build_unet(config)
@@ -160,7 +159,7 @@ class FadaModel(torch.nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, expect_stage=None, device="cpu", dtype=torch.float32) -> FadaModel:
-        """Rebuild from a checkpoint folder (SPEC §5); the model config is `config["model"]`."""
+        """Rebuild from a checkpoint folder (DESIGN §5); the model config is `config["model"]`."""
         from pipelines.checkpoint import load_checkpoint_info, load_component
 
         info = load_checkpoint_info(path, expect_stage)
@@ -374,7 +373,7 @@ class FadaModel(torch.nn.Module):
         return _tile(reference_features.latent, b, "reference latent")
 
     def denoise_multi_cfg(self, noisy, timesteps, audio_tokens, reference_features, cfg_scales=None):
-        """(ε_a, ε_r, ε_b) for B clips from ONE forward of batch 3B (SPEC §4, Eq. 9 inputs; NFE += 3)."""
+        """(ε_a, ε_r, ε_b) for B clips from ONE forward of batch 3B (DESIGN §4, Eq. 9 inputs; NFE += 3)."""
         b = noisy.shape[0]
         device = noisy.device
         flags = torch.tensor([[False, False], [True, False], [True, True]], device=device)  # (audio, ref) drops
@@ -526,25 +525,6 @@ def freeze_reference_tail(unet: UNet2DConditionModel) -> None:
     last.transformer_blocks[-1].norm1.requires_grad_(True)  # produces the recorded input
 
 
-def build_student_from_teacher(teacher: FadaModel, cfg_conditioning: str, cfg_tokens: int = 4) -> FadaModel:
-    """A student with the teacher's weights plus a zero-initialised CFG conditioning (equal outputs at start)."""
-    config = dataclasses.replace(teacher.config, cfg_conditioning=cfg_conditioning, cfg_tokens=cfg_tokens)
-    student = FadaModel.from_config(config).to(device=teacher.device, dtype=teacher.dtype)
-    result = student.load_state_dict(teacher.state_dict(), strict=False)
-    own = [k for k in result.missing_keys if not k.startswith("cfg_conditioning.")]
-    if own or result.unexpected_keys:
-        raise ValueError(f"teacher/student mismatch: missing {own[:3]}, unexpected {result.unexpected_keys[:3]}")
-    return student
-
-
-def sample_condition_dropout(batch_size: int, p_audio: float = 0.10, p_both: float = 0.05, generator=None, device=None):
-    """Training dropout of SPEC §3: audio alone with p_audio, both with p_both → (drop_audio, drop_reference)."""
-    u = torch.rand(batch_size, generator=generator).to(device)
-    drop_both = u < p_both
-    drop_audio = u < p_both + p_audio  # audio alone for u in [p_both, p_both + p_audio)
-    return drop_audio, drop_both
-
-
 def _tile(x: torch.Tensor, b: int, name: str) -> torch.Tensor:
     if x.shape[0] == 0 or b % x.shape[0]:
         raise ValueError(f"{name} has batch {x.shape[0]}, which does not divide the noisy batch {b}")
@@ -554,7 +534,7 @@ def _tile(x: torch.Tensor, b: int, name: str) -> torch.Tensor:
 def _load_pretrained(cls, folder: Path):
     if not (folder / "config.json").is_file():
         raise InputFileError(
-            f"{folder} has no config.json; --pretrained-sd must be a diffusers-layout SD1.5 folder (unet/, vae/)."
+            f"{folder} has no config.json; `pretrained_sd` must be a diffusers-layout SD1.5 folder (unet/, vae/)."
         )
     try:
         return cls.from_pretrained(folder, use_safetensors=True, local_files_only=True)

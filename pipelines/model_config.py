@@ -1,14 +1,14 @@
-"""The model configuration shared by the teacher and the student (SPEC §3) and its named presets.
+"""The model configuration shared by the teacher and the student (DESIGN §3) and its named presets.
 
 A `ModelConfig` is everything needed to rebuild a `FadaModel`'s modules; checkpoints store it with
 `to_dict()` and read it back with `from_dict()`. The teacher and the student differ only in
-`cfg_conditioning` (SPEC §4, "CFG inside distillation").
+`cfg_conditioning` (DESIGN §4, "CFG inside distillation").
 
 Presets:
 - `tiny`: tests; 32×32 pixel space, two UNet levels of (16, 32) channels with attention at the
   16×16 level and the mid block, F=4, M=2. Well under a second per forward on one CPU core.
 - `demo`: the CPU end-to-end demo; 64×64 pixel space (a face crop at 64 px still shows a mouth of
-  ~10 px that opens and closes), three levels (32, 64, 128) with attention (reference, audio,
+  ~10 px that opens and closes), three levels (16, 32, 64) with attention (reference, audio,
   temporal) only at the 16×16 level and the mid block: attention at 32×32 made a CPU forward 2.5×
   slower (it is quadratic in tokens and the reference adds (1+M)× keys); F=8, M=2.
 - `sd15`: the paper's scale; 512² images as SD1.5 VAE latents (4×64×64), SD1.5 UNet sizes,
@@ -63,7 +63,7 @@ class ModelConfig:
     audio_window: int = 2  # frames each side of a video frame whose features it sees (W = 2·window + 1)
     audio_tokens: int = 4  # N: audio tokens per video frame
     audio_hidden_dim: int = 64  # width of the hidden layer of the audio projection MLP
-    # --- reference conditioning (SPEC §3c); the paper's path is reference attention alone ---
+    # --- reference conditioning (DESIGN §3c); the paper's path is reference attention alone ---
     prediction_type: str = "epsilon"  # 'epsilon': the net predicts ε (the paper); 'reference_residual': it
     # predicts x0 − reference latent, from which `FadaModel.denoise` derives ε; the reference is the skip of
     # every CFG branch, so an untrained net (zero conv_out) returns the portrait and reference CFG scales
@@ -73,10 +73,7 @@ class ModelConfig:
     audio_time_embedding: bool = False  # also add the audio tokens (mean, through a zero-initialised linear
     # layer) to each frame's timestep embedding, as Diffused Heads does: a per-frame signal every resnet of the
     # denoising net sees at every resolution, beside the audio cross-attention (demo preset only)
-    # --- conditions (SPEC §3) ---
-    p_drop_audio: float = 0.10  # training: probability of dropping the audio alone (null audio tokens)
-    p_drop_both: float = 0.05  # training: probability of dropping audio and reference together
-    # --- student CFG conditioning (SPEC §3, §4; Eq. 10) ---
+    # --- student CFG conditioning (DESIGN §3, §4; Eq. 10) ---
     cfg_conditioning: str = "none"  # 'none' (teacher) | 'tokens' (Eq. 10) | 'layer' (no tokens) | 'time-embed'
     cfg_tokens: int = 4  # number of tokens in each of γ_a, γ_r, γ_b (and in the 'layer' scale embedding)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into checkpoints
@@ -110,10 +107,6 @@ class ModelConfig:
                 f"audio_feature_dim={self.audio_feature_dim} does not match the mel encoder's "
                 f"{MEL_SUBFRAMES}·n_mels={mel_dim}; set audio_feature_dim={mel_dim}."
             )
-        for name in ("p_drop_audio", "p_drop_both"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise UsageError(f"{name}={value} must be a probability in [0, 1].")
 
     @property
     def latent_downsample(self) -> int:

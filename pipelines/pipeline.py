@@ -6,7 +6,7 @@
         show(frames)
 
 `__call__`, `stream` and `write` (what `fada generate` runs) share one clip loop (`_clips`), the
-numbered steps of SPEC §3–4 described in `pipelines.generate`. Streaming: clip k (frames
+numbered steps of DESIGN §3–4 described in `pipelines.generate`. Streaming: clip k (frames
 [kF, (k+1)F)) is generated as soon as the audio received covers its frames, the ±`audio_window`
 frames its features stack and the encoder's own context (1 frame for mel, 50 for wav2vec2); the
 rest when the audio ends. For the mel encoder a streamed clip's features are exactly those of the
@@ -31,7 +31,7 @@ from pipelines import media
 from pipelines.audio import AudioFeatureWindows, Wav2Vec2Encoder, build_audio_encoder
 from pipelines.checkpoint import CheckpointInfo, load_checkpoint_info
 from pipelines.devices import enable_tf32, resolve_device, resolve_dtype
-from pipelines.errors import MediaError, UsageError
+from pipelines.errors import InputFileError, MediaError, UsageError
 from pipelines.generate import (
     MIN_AUDIO_S,
     GenerateConfig,
@@ -234,7 +234,7 @@ class FadaPipeline:
             config = replace(config, cfg_ref=strategy.default_cfg_ref)
         if self.info.image_only and config.cfg_audio != 0:
             log(f"[yellow]note:[/] {self.info.path} is an image-stage teacher (no trained audio path); generating "
-                "with --cfg-audio 0, so the mouth will not follow the speech.", quiet=quiet)  # fmt: skip
+                "with `cfg_audio` 0, so the mouth will not follow the speech.", quiet=quiet)  # fmt: skip
             config = replace(config, cfg_audio=0.0)
         steps, frames_per_clip, motion_frames = check_config(config, model, strategy)
         scheduler = strategy.make_scheduler(steps)
@@ -344,3 +344,29 @@ class FadaPipeline:
             portrait_box=tuple(int(v) for v in box),
         )
         return stats, speech
+
+
+def generate(
+    checkpoint: str | Path,
+    image: str | Path,
+    audio: str | Path,
+    out_mp4: str | Path,
+    config: GenerateConfig | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "fp32",
+    quiet: bool = False,
+    stream: bool = False,
+) -> GenerationStats:
+    """Generate ``out_mp4`` (speech muxed) and ``out_mp4.json``: `FadaPipeline.write` of a freshly loaded checkpoint.
+
+    To generate several videos from one checkpoint, load it once with `FadaPipeline.from_checkpoint`.
+    """
+    out_mp4 = Path(out_mp4)
+    if out_mp4.suffix.lower() != ".mp4" or out_mp4.is_dir():
+        raise UsageError(f"output {out_mp4} must be an .mp4 file name; e.g. -o out.mp4.")
+    if not Path(image).is_file():
+        raise InputFileError(f"portrait {image} does not exist; pass an image file with `image`.")
+    if not Path(audio).is_file():
+        raise InputFileError(f"speech {audio} does not exist; pass an audio file with `audio`.")
+    pipe = FadaPipeline.from_checkpoint(checkpoint, device=device, dtype=dtype)
+    return pipe.write(image, audio, out_mp4, config or GenerateConfig(), stream=stream, quiet=quiet)

@@ -1,6 +1,6 @@
 """Noise schedules and samplers: DDIM with SD1.5 settings (teacher) and PeRFlow (student).
 
-SD1.5 schedule (SPEC §4): ``scaled_linear`` β from 0.00085 to 0.012 over 1000 steps,
+SD1.5 schedule (DESIGN §4): ``scaled_linear`` β from 0.00085 to 0.012 over 1000 steps,
 ε-prediction, ᾱ_i = ∏_{j≤i}(1 − β_j). DDIM (Song et al. 2021, Eq. 12 with η = 0) as
 diffusers' ``DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1,
 timestep_spacing="leading")``: 25 steps are 961, 921, …, 1 and the last step lands on ᾱ_0.
@@ -33,7 +33,7 @@ def sd15_alphas_cumprod(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 def ddim_timesteps(num_steps: int = 25) -> list[int]:
     """DDIM timesteps, ``leading`` spacing + ``steps_offset=1``: 25 steps → 961, 921, …, 1."""
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= NUM_TRAIN_TIMESTEPS:
-        raise UsageError(f"--steps {num_steps!r} is not valid for DDIM; use an integer from 1 to 1000 (25 by default).")
+        raise UsageError(f"`steps` {num_steps!r} is not valid for DDIM; use an integer from 1 to 1000 (25 by default).")
     stride = NUM_TRAIN_TIMESTEPS // num_steps
     return [i * stride + 1 for i in range(num_steps - 1, -1, -1)]
 
@@ -106,7 +106,7 @@ class DDIMSampler:
 
 
 class PeRFlowScheduler:
-    """The student's sampler: N PeRFlow steps over K windows (SPEC §4 Inference, Eqs. 3-4).
+    """The student's sampler: N PeRFlow steps over K windows (DESIGN §4 Inference, Eqs. 3-4).
 
     ``timesteps`` are the network timesteps 1000·t (floats), e.g. 6 steps, K = 4:
     [1000, 875, 750, 625, 500, 250]; start from pure N(0, I). Any N >= K is valid;
@@ -116,7 +116,7 @@ class PeRFlowScheduler:
     def __init__(self, num_steps: int = 6, K: int = 4, alphas_cumprod: torch.Tensor | None = None):
         self.K = K
         self.times = fada_math.perflow_times(num_steps, K)  # continuous t, 1 first
-        self.timesteps = [NUM_TRAIN_TIMESTEPS * t for t in self.times]
+        self.timesteps = fada_math.perflow_timesteps(num_steps, K)  # network timesteps 1000·t
         self.alphas_cumprod = sd15_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
 
     def step(self, eps, z, i: int) -> torch.Tensor:

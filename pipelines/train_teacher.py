@@ -1,14 +1,13 @@
-"""The teacher training loop (SPEC §3–5): ε-prediction DDPM loss on tier-A clips.
+"""The teacher's training stage (docs/DESIGN.md §3–§5): ε-prediction DDPM loss on tier-A clips.
 
-One optimiser step (the loop is `training.run_training_loop`): for each of ``grad_accum``
-micro-batches, draw B clip windows (`pipelines.data`), encode them (or read their cached
-latents), draw t uniform in 0..999 and ε ~ N(0, I), form z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the
-SD1.5 schedule (`schedulers.add_noise`), drop conditions
-(SPEC §3: audio alone with p_drop_audio, both with p_drop_both, from the model config) and
-regress the model's ε on the true ε (MSE); then clip gradients, step AdamW and the LR schedule,
-update the EMA.
+`TeacherStage` is what `training.fit` needs to train the teacher; the loop is the one every stage
+runs (`training.run_training_loop`). One micro-batch (`teacher_loss`): B clip windows
+(`pipelines.data`), encoded (or read from the latent cache), t uniform in 0..999 and ε ~ N(0, I),
+z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the SD1.5 schedule (`schedulers.add_noise`), conditions dropped
+(DESIGN §3: audio alone with ``p_drop_audio``, both with ``p_drop_both``, from the training config),
+and the model's ε regressed on the true ε (MSE).
 
-Loss weighting (``loss_weighting``, `loss_weights`): ``eps`` is the plain ε-MSE of SPEC §3–4
+Loss weighting (``loss_weighting``, `loss_weights`): ``eps`` is the plain ε-MSE of DESIGN §3–§4
 (the default). ``truncated-snr`` multiplies each sample's ε-MSE by max(1, 1/SNR_t), SNR_t =
 ᾱ_t/(1−ᾱ_t) — the "truncated SNR" weighting of Salimans & Ho (2022, Progressive Distillation,
 §4), i.e. max(SNR_t, 1)·‖x_0 − x̂_0‖²; ``v`` is the v-prediction MSE (weight 1/ᾱ_t) and
@@ -18,14 +17,14 @@ amplified by 1/SNR_t (≈ 140× at t = 961) in the x_0 the sampler starts from, 
 trained briefly in pixel space (the demo preset) fits ε there without learning x_0 (measured in
 `bench/results/evidence_demo_teacher_students.md`).
 
-Stages (``stage``; SPEC §3b, the paper's teacher recipe after EMO and Loopy):
+Stages (``stage``; DESIGN §3b, the paper's teacher recipe after EMO and Loopy):
 
 - ``image``: single frames (F = 1): a target frame and a reference frame of the same clip; the
   reference net and the denoising net learn to redraw the reference in the target's pose and
   expression. The audio is dropped for every sample and the temporal layers never run; both are
   frozen (bit-identical after the stage).
 - ``video``: F-frame windows with motion frames and audio, started from an image-stage teacher
-  (``--init-from``; anything else is an error). By default (``video_trainable="audio-temporal"``)
+  (``init_from``; anything else is an error). By default (``video_trainable="audio-temporal"``)
   it trains the audio path (projection, audio attention) and the temporal layers with every other
   spatial weight frozen, as Hallo's stage 2 and EMO's second stage do; ``all`` trains everything.
 - ``joint`` (the default, what fada did before stages existed): everything at once on F-frame
@@ -34,14 +33,9 @@ Stages (``stage``; SPEC §3b, the paper's teacher recipe after EMO and Loopy):
 The checkpoint records the stages its weights went through as ``config["stages"]``
 (``[{"stage": "image", "steps": 800}, {"stage": "video", "steps": 300}]``).
 
-``--init-from`` starts a new run (step 0, fresh optimiser) from another teacher checkpoint's
-weights — to fine-tune a teacher on other data or with another loss weighting.
-
-Everything random about step s (clip windows, t, ε, dropout) comes from generators seeded by
-(seed, s, process), and the data stream is a position counter, so ``--resume`` from a checkpoint
-replays the uninterrupted run exactly. Multi-GPU runs go through `accelerate` (``accelerate
-launch``); each process draws its own B windows, so the effective batch is
-B × processes × grad_accum.
+``init_from`` starts a new run (step 0, fresh optimiser) from another teacher checkpoint's
+weights — to fine-tune a teacher on other data or with another loss weighting; ``pretrained_sd``
+(`TeacherStage`) starts both UNets from a diffusers SD1.5 folder.
 
 Checkpoint contents (stage ``teacher``, mode ``teacher``): the component folders hold the EMA
 weights when EMA is on (what `generate` should use), else the trained weights; the training state
@@ -57,57 +51,21 @@ from pathlib import Path
 
 import torch
 
-from pipelines.checkpoint import load_checkpoint_info
 from pipelines.data import batch_latents
 from pipelines.errors import UsageError
-from pipelines.manifest import manifest_hash
-from pipelines.model import FadaModel, sample_condition_dropout
-from pipelines.model_config import ModelConfig
-from pipelines.progress import log
+from pipelines.model import FadaModel
 from pipelines.schedulers import NUM_TRAIN_TIMESTEPS, add_noise, sd15_alphas_cumprod
-from pipelines.training import (
-    MIXED_PRECISION,
-    TB_DIR,
-    TrainConfig,
-    TrainingState,
-    TrainLogs,
-    attach_latent_cache,
-    check_out,
-    make_ema,
-    make_optimizer,
-    restore_training_state,
-    resumed_configs,
-    run_training_loop,
-    save_training_checkpoint,
-    set_up_loop,
-    step_seed,
-)
+from pipelines.training import Resolved, Run, Stage, TrainConfig, sample_condition_dropout
 
-__all__ = [
-    "LOSS_WEIGHTINGS",
-    "MIXED_PRECISION",
-    "MODE",
-    "STAGE",
-    "TB_DIR",
-    "TeacherTrainConfig",
-    "TrainConfig",
-    "TrainResult",
-    "TEACHER_STAGES",
-    "loss_weights",
-    "set_trainable",
-    "step_seed",
-    "train_teacher",
-]
-
-STAGE = MODE = "teacher"
+STAGE = "teacher"
 LOSS_WEIGHTINGS = ("eps", "min-snr", "truncated-snr", "v")
-TEACHER_STAGES = ("joint", "image", "video")  # what --stage trains (see the module docstring)
+TEACHER_STAGES = ("joint", "image", "video")  # what `stage` trains (see the module docstring)
 VIDEO_TRAINABLE = ("audio-temporal", "all")  # what the video stage trains
 
 
 @dataclass(frozen=True)
 class TeacherTrainConfig(TrainConfig):
-    loss_weighting: str = "eps"  # eps (plain ε-MSE, SPEC) | min-snr | truncated-snr | v (see `loss_weights`)
+    loss_weighting: str = "eps"  # eps (plain ε-MSE, DESIGN §4) | min-snr | truncated-snr | v (see `loss_weights`)
     snr_gamma: float = 5.0  # γ of min-snr: weight min(SNR_t, γ)/SNR_t
     stage: str = "joint"  # joint: everything on F-frame windows | image: F = 1, no audio/temporal | video
     video_trainable: str = "audio-temporal"  # video stage: audio path + temporal layers (frozen spatial) | all
@@ -116,15 +74,53 @@ class TeacherTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        checks = (("--loss-weighting", self.loss_weighting, LOSS_WEIGHTINGS), ("--stage", self.stage, TEACHER_STAGES),
-                  ("--video-trainable", self.video_trainable, VIDEO_TRAINABLE))  # fmt: skip
-        for option, value, valid in checks:
+        checks = (("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS), ("stage", self.stage, TEACHER_STAGES),
+                  ("video_trainable", self.video_trainable, VIDEO_TRAINABLE))  # fmt: skip
+        for name, value, valid in checks:
             if value not in valid:
-                raise UsageError(f"{option} {value!r} is not valid; use {' or '.join(valid)}.")
+                raise UsageError(f"`{name}` {value!r} is not valid; use {' or '.join(valid)}.")
         if not self.motion_loss_weight >= 0:
-            raise UsageError(f"motion_loss_weight {self.motion_loss_weight} is not valid; use 0 (off) or more.")
+            raise UsageError(f"`motion_loss_weight` {self.motion_loss_weight} is not valid; use 0 (off) or more.")
         if not self.snr_gamma > 0:
-            raise UsageError(f"--snr-gamma {self.snr_gamma} is not valid; use a positive number such as 5.")
+            raise UsageError(f"`snr_gamma` {self.snr_gamma} is not valid; use a positive number such as 5.")
+
+
+class TeacherStage(Stage):
+    """The teacher: image, video or joint (`TeacherTrainConfig.stage`), from scratch, SD1.5 or a teacher."""
+
+    name = STAGE
+    config_class = TeacherTrainConfig
+    starting_weights = ("pretrained_sd",)
+
+    def __init__(self, pretrained_sd: str | Path | None = None):
+        self.pretrained_sd = pretrained_sd  # a diffusers SD1.5 folder both UNets (and the VAE) start from
+
+    def check(self, resolved: Resolved) -> None:
+        self.history = starting_history(resolved.resumed, resolved.started, resolved.config.stage)
+
+    def frames(self, config: TeacherTrainConfig) -> int | None:
+        return 1 if config.stage == "image" else None  # the image stage trains on single frames
+
+    def new_model(self, run: Run) -> FadaModel:
+        if self.pretrained_sd is not None:
+            return FadaModel.from_pretrained_sd(run.model_config, self.pretrained_sd)
+        return super().new_model(run)
+
+    def build_model(self, run: Run) -> FadaModel:
+        self.config, self.alphas_cumprod = run.config, sd15_alphas_cumprod(torch.float32).to(run.device)
+        return super().build_model(run)
+
+    def trainable(self, model: FadaModel, config: TeacherTrainConfig) -> dict[str, torch.nn.Parameter]:
+        return set_trainable(model, config.stage, config.video_trainable)
+
+    def loss(self, model, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        return teacher_loss(model, batch, self.alphas_cumprod, generator, self.config), {}
+
+    def task_name(self, config: TeacherTrainConfig) -> str:
+        return "training teacher" + ("" if config.stage == "joint" else f" ({config.stage} stage)")
+
+    def record(self, run: Run, step: int) -> dict:
+        return {"config": {"stages": [*self.history, {"stage": run.config.stage, "steps": step}]}}
 
 
 def loss_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, weighting: str, snr_gamma: float = 5.0):
@@ -177,150 +173,11 @@ def set_trainable(
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-LOG_FILE = "train_log.csv"
-LOG_COLUMNS = ("step", "loss", "lr", "seconds")
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    checkpoint: Path  # the checkpoint folder
-    steps: int  # optimiser steps done in total
-    steps_this_run: int  # steps done by this call (fewer than `steps` after --resume)
-    final_loss: float  # loss of the last step
-    seconds: float  # wall time of this call's training loop
-    steps_per_s: float  # steps_this_run / seconds
-    processes: int  # accelerate processes
-    dataset_clips: int  # clips in the training set
-    is_main_process: bool  # False on the other processes of a multi-process run (they print nothing)
-
-
-def train_teacher(
-    manifest: str | Path,
-    out: str | Path,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    device: torch.device,
-    resume: bool = False,
-    overwrite: bool = False,
-    pretrained_sd: str | Path | None = None,
-    quiet: bool = False,
-    init_from: str | Path | None = None,
-) -> TrainResult:
-    """Train (or resume training) the teacher on ``manifest`` and write checkpoints to ``out``.
-
-    ``init_from``: a teacher checkpoint whose weights a new run starts from (its model config
-    must equal ``model_config``).
-    """
-    out, manifest = Path(out), Path(manifest)
-    if not isinstance(train_config, TeacherTrainConfig):
-        train_config = TeacherTrainConfig.from_dict(train_config.to_dict())
-    # 1. check the output folder and, on --resume, the checkpoint in it
-    if resume and (overwrite or pretrained_sd is not None or init_from is not None):
-        raise UsageError(
-            "--resume continues the checkpoint in --out; drop --overwrite, --pretrained-sd and --init-from."
-        )
-    if init_from is not None and pretrained_sd is not None:
-        raise UsageError("--init-from and --pretrained-sd both give starting weights; pass one of them.")
-    if init_from is not None and Path(init_from).absolute() == out.absolute():
-        raise UsageError(f"--init-from {init_from} is the --out folder; to continue it use --resume.")
-    info = check_out(out, resume, overwrite, STAGE)
-    if info is not None:
-        model_config, train_config = resumed_configs(info, model_config, train_config, manifest)
-    history = starting_history(info, init_from, train_config.stage)
-
-    # 2.-3. accelerate (one process, or `accelerate launch` for several); clips decoded when a window
-    # of them is drawn, windows drawn by a resumable stream of keys (single frames in the image stage)
-    frames = 1 if train_config.stage == "image" else None
-    setup = set_up_loop(out, info, manifest, model_config, train_config, device, quiet, num_frames=frames)
-    accelerator, device = setup.accelerator, setup.device
-
-    # 4. model, optimiser, LR schedule, EMA (restored exactly on --resume); the latent cache
-    if info is not None:
-        model = FadaModel.from_checkpoint(out, expect_stage=STAGE)
-    elif init_from is not None:
-        model = FadaModel.from_checkpoint(init_from, expect_stage=STAGE)
-        if model.config != model_config:
-            diff = [k for k, v in model.config.to_dict().items() if model_config.to_dict()[k] != v]
-            raise UsageError(
-                f"--init-from {init_from}: its model options differ in {diff}; drop the options that change them."
-            )
-    elif pretrained_sd is not None:
-        model = FadaModel.from_pretrained_sd(model_config, pretrained_sd)
-    else:
-        torch.manual_seed(train_config.seed)
-        model = FadaModel.from_config(model_config)
-    model.to(device)
-    if train_config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    params = set_trainable(model, train_config.stage, train_config.video_trainable)
-    optimizer, lr_scheduler = make_optimizer(params, train_config)
-    ema = make_ema(params, train_config.ema)
-    state = TrainingState(params, optimizer, lr_scheduler, ema, setup.sampler)
-    elapsed = 0.0
-    if info is not None:
-        elapsed = restore_training_state(out, state)
-    attach_latent_cache(setup, train_config, model, quiet)
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    state.optimizer, state.lr_scheduler = optimizer, lr_scheduler  # save through the prepared wrappers
-    alphas_cumprod = sd15_alphas_cumprod(torch.float32).to(device)
-    mhash = manifest_hash(manifest)
-    config_record = {"model": model_config.to_dict(), "train": train_config.to_dict()}
-    started_from = str(init_from) if init_from is not None else (info.config.get("init_from") if info else None)
-    if started_from is not None:
-        config_record["init_from"] = started_from  # provenance: the weights step 0 started from
-
-    # 5. the loop (`training.run_training_loop`): what is the teacher's own is its loss, log row and checkpoint
-    logs = TrainLogs(out, setup.start_step, accelerator.is_main_process, {LOG_FILE: LOG_COLUMNS})
-
-    def micro_loss(batch, generator):
-        return teacher_loss(model, batch, alphas_cumprod, generator, model_config, train_config), {}
-
-    def write_log(step, records, means, lr, seconds):
-        logs.write_rows(LOG_FILE, [[step, repr(means["loss"]), repr(lr), f"{seconds:.3f}"]])
-        logs.scalars(step, {"train/loss": means["loss"], "train/lr": lr})
-
-    def save(step, seconds):
-        save_training_checkpoint(
-            accelerator,
-            out,
-            logs,
-            state,
-            accelerator.unwrap_model(model),
-            seconds,
-            stage=STAGE,
-            mode=MODE,
-            config=config_record | {"stages": [*history, {"stage": train_config.stage, "steps": step}]},
-            step=step,
-            manifest_hash=mhash,
-        )
-
-    task_name = "training teacher" + ("" if train_config.stage == "joint" else f" ({train_config.stage} stage)")
-    done = run_training_loop(setup, train_config, model, state, logs, elapsed, task_name, micro_loss, write_log,
-                             save, quiet=quiet)  # fmt: skip
-    if accelerator.is_main_process:
-        log(
-            f"trained {done.steps_done} steps in {done.seconds:.1f} s ({done.steps_done / done.seconds:.2f} steps/s); "
-            f"checkpoint {out}",
-            quiet=quiet,
-        )
-    return TrainResult(
-        checkpoint=out,
-        steps=train_config.steps,
-        steps_this_run=done.steps_done,
-        final_loss=done.means["loss"],
-        seconds=done.seconds,
-        steps_per_s=done.steps_done / done.seconds if done.seconds > 0 else float("inf"),
-        processes=setup.world,
-        dataset_clips=len(setup.dataset),
-        is_main_process=accelerator.is_main_process,
-    )
-
-
 def teacher_loss(
-    model, batch: dict, alphas_cumprod, generator: torch.Generator, config: ModelConfig,
+    model, batch: dict, alphas_cumprod, generator: torch.Generator,
     train_config: TeacherTrainConfig = TeacherTrainConfig(),
 ) -> torch.Tensor:  # fmt: skip
-    """ε-prediction DDPM loss of one micro-batch with condition dropout (SPEC §3, §4 schedule),
+    """ε-prediction DDPM loss of one micro-batch with condition dropout (DESIGN §3, §4 schedule),
     each sample's MSE weighted by `loss_weights` (1 for the default ``eps``).
 
     Image stage: the batch holds single frames (F = 1), the reference net sees the reference alone
@@ -334,7 +191,7 @@ def teacher_loss(
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=generator).to(device)  # (B,)
     eps = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(device)  # (B, F, C, h, w)
     drop_audio, drop_reference = sample_condition_dropout(
-        b, config.p_drop_audio, config.p_drop_both, generator=generator, device=device
+        b, train_config.p_drop_audio, train_config.p_drop_both, generator=generator, device=device
     )
     if image_stage:
         drop_audio = torch.ones_like(drop_audio)
@@ -366,27 +223,27 @@ def motion_weights(z0: torch.Tensor, alpha: float) -> torch.Tensor:
     return weights / weights.mean(dim=(-2, -1), keepdim=True)
 
 
-def starting_history(info, init_from, stage: str) -> list[dict]:
+def starting_history(resumed, started, stage: str) -> list[dict]:
     """The stages before this run's (kept in the checkpoint as ``config["stages"]``).
 
-    A resumed run continues its own last entry; a run with ``init_from`` extends that teacher's
-    history; a new run starts empty. The video stage must start from a teacher that went through the
-    image stage.
+    A resumed run continues its own last entry; a run from ``started`` (``init_from``) extends that
+    teacher's history; a new run starts empty. The video stage must start from a teacher that went
+    through the image stage.
     """
-    if info is not None:
-        return info.teacher_stages[:-1]
-    if init_from is None:
+    if resumed is not None:
+        return resumed.teacher_stages[:-1]
+    if started is None:
         if stage == "video":
             raise UsageError(
-                "--stage video trains the audio path and temporal layers on top of an image-stage teacher; "
-                "pass --init-from a checkpoint made with `fada train-teacher --stage image`."
+                "`stage` video trains the audio path and temporal layers on top of an image-stage teacher; "
+                "pass `init_from` a checkpoint made with `fada train-teacher --stage image`."
             )
         return []
-    history = load_checkpoint_info(init_from, expect_stage=STAGE).teacher_stages
+    history = started.teacher_stages
     if stage == "video" and not any(entry["stage"] == "image" for entry in history):
         went = " → ".join(entry["stage"] for entry in history)
         raise UsageError(
-            f"--stage video needs an image-stage teacher, but --init-from {init_from} went through {went}; "
+            f"`stage` video needs an image-stage teacher, but `init_from` {started.path} went through {went}; "
             "train one with `fada train-teacher --stage image` first."
         )
     return history

@@ -1,12 +1,17 @@
-"""Training-loop machinery shared by `train_teacher` and `distill`.
+"""One way to train: `fit(stage, …)` and the machinery every training stage shares.
 
-What both loops need and neither should copy: the ``TrainConfig`` base (optimiser, schedule,
-checkpointing, logging and data-loading fields), the `accelerate` set-up, the streamed window
-data (`pipelines.data`, with the optional latent cache of `pipelines.latent_cache`), per-step
-seeds, the EMA, CSV + TensorBoard logs that survive checkpoint saves, checkpoints that carry the
-full training state (optimizer, LR schedule, RNG, data-stream position, EMA, raw weights) so that
-``--resume`` replays the uninterrupted run exactly — and the loop itself (`run_training_loop`):
-each stage gives it only its per-micro-batch loss and its log and checkpoint writers.
+`fit` owns what a run does whatever it trains: config resolution (`resolve_configs`: presets, a
+preset's training defaults, the caller's overrides, ``resume`` or ``init_from``), the output
+check, the `accelerate` set-up, the streamed window data (`pipelines.data`, with the optional
+latent cache of `pipelines.latent_cache`), the optimiser, LR schedule and EMA, the exact restore
+of a resumed run, CSV + TensorBoard logs that survive checkpoint saves, checkpoints that carry the
+full training state (optimizer, LR schedule, RNG, data-stream position, EMA, raw weights) and the
+loop itself (`run_training_loop`). A `Stage` is what differs: its config class, how it builds the
+model, what trains, the loss of one micro-batch, its log columns and what its checkpoint records
+(`pipelines.train_teacher.TeacherStage`, `pipelines.distill.DistillStage`).
+
+Errors name config fields in backticks (`` `steps` ``); the CLI shows them as its flags
+(`fada_cli.options.FLAGS`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +36,13 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from pipelines import checkpoint as ckpt
 from pipelines.data import WindowDataset, WindowSampler, default_num_workers, window_batches
-from pipelines.devices import bf16_supported, enable_tf32
+from pipelines.devices import bf16_supported, enable_tf32, resolve_device, resolve_dtype
 from pipelines.errors import CheckpointError, DeviceError, UsageError
+from pipelines.extras import require
 from pipelines.manifest import manifest_hash
-from pipelines.model_config import ModelConfig
-from pipelines.progress import make_progress
+from pipelines.model import FadaModel
+from pipelines.model_config import ModelConfig, get_preset
+from pipelines.progress import log, make_progress
 
 MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 TB_DIR = "tb"
@@ -45,6 +52,7 @@ TB_DIR = "tb"
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "gradient_checkpointing", "num_workers", "latent_cache"}
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
+LOG_FILE = "train_log.csv"
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,9 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (torch) | adamw8bit (bitsandbytes; 8-bit moments, about 1/4 the state)
     num_workers: int | None = None  # DataLoader worker processes per process; None: 0 on the CPU, else up to 4
     latent_cache: str | None = None  # folder of the latent cache (`pipelines.latent_cache`); None: decode clips
+    # condition dropout (docs/DESIGN.md §3): what the loss drops, per sample
+    p_drop_audio: float = 0.10  # probability of dropping the audio alone (null audio tokens)
+    p_drop_both: float = 0.05  # probability of dropping audio and reference together
     identity_augment: float = 0.0  # probability that a window gets `data.identity_transform` (colours, flip,
     # shift; the same on its target, reference and motion frames), so identities' colours cannot be memorised
 
@@ -77,27 +88,30 @@ class TrainConfig:
         positive |= {"checkpoint_every": self.checkpoint_every, "log_every": self.log_every}
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} {value!r} is not valid; use a whole number >= 1.")
+                raise UsageError(f"`{name}` {value!r} is not valid; use a whole number >= 1.")
         if not self.lr > 0:
-            raise UsageError(f"--lr {self.lr} is not valid; use a positive learning rate such as 1e-4.")
+            raise UsageError(f"`lr` {self.lr} is not valid; use a positive learning rate such as 1e-4.")
         if not 0.0 <= self.ema < 1.0:
-            raise UsageError(f"--ema {self.ema} is not valid; use a decay in [0, 1) such as 0.999, or 0 for off.")
+            raise UsageError(f"`ema` {self.ema} is not valid; use a decay in [0, 1) such as 0.999, or 0 for off.")
         if not self.tiers:
-            raise UsageError("--tier is empty; pass A, B or a comma-separated list such as A,B.")
+            raise UsageError("`tiers` is empty; pass A, B or a comma-separated list such as A,B.")
         if self.mixed_precision not in MIXED_PRECISION.values():
-            raise UsageError(f"mixed_precision {self.mixed_precision!r} is not valid; use no, bf16 or fp16.")
+            raise UsageError(f"`mixed_precision` {self.mixed_precision!r} is not valid; use no, bf16 or fp16.")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise UsageError(f"--lr-schedule {self.lr_schedule!r} is not valid; use {' or '.join(LR_SCHEDULES)}.")
+            raise UsageError(f"`lr_schedule` {self.lr_schedule!r} is not valid; use {' or '.join(LR_SCHEDULES)}.")
         if not 0.0 <= self.lr_min_ratio <= 1.0:
-            raise UsageError(f"lr_min_ratio {self.lr_min_ratio} is not valid; use a fraction in [0, 1].")
+            raise UsageError(f"`lr_min_ratio` {self.lr_min_ratio} is not valid; use a fraction in [0, 1].")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps {self.warmup_steps!r} is not valid; use a whole number >= 0.")
+            raise UsageError(f"`warmup_steps` {self.warmup_steps!r} is not valid; use a whole number >= 0.")
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
-            raise UsageError(f"--num-workers {self.num_workers!r} is not valid; use a whole number >= 0.")
+            raise UsageError(f"`num_workers` {self.num_workers!r} is not valid; use a whole number >= 0.")
         if not 0.0 <= self.identity_augment <= 1.0:
-            raise UsageError(f"identity_augment {self.identity_augment} is not valid; use a probability in [0, 1].")
+            raise UsageError(f"`identity_augment` {self.identity_augment} is not valid; use a probability in [0, 1].")
         if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"--optimizer {self.optimizer!r} is not valid; use {' or '.join(OPTIMIZERS)}.")
+            raise UsageError(f"`optimizer` {self.optimizer!r} is not valid; use {' or '.join(OPTIMIZERS)}.")
+        for name in ("p_drop_audio", "p_drop_both"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"`{name}` {getattr(self, name)} is not valid; use a probability in [0, 1].")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -107,7 +121,7 @@ class TrainConfig:
         """Inverse of `to_dict`; unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(data) - names):
-            raise UsageError(f"unknown train config key(s) {unknown}; valid keys: {', '.join(sorted(names))}.")
+            raise UsageError(f"unknown training config key(s) {unknown}; valid keys: {', '.join(sorted(names))}.")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -131,7 +145,7 @@ def make_accelerator(device: torch.device, config: TrainConfig) -> Accelerator:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # dropped conditions
     )
     if accelerator.num_processes == 1 and accelerator.device.type != device.type:
-        raise DeviceError(f"accelerate chose {accelerator.device} but --device {device} was asked for; check CUDA.")
+        raise DeviceError(f"accelerate chose {accelerator.device} but `device` {device} was asked for; check CUDA.")
     return accelerator
 
 
@@ -171,10 +185,7 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig):
     """
     kwargs = {"lr": config.lr, "betas": config.adam_betas, "weight_decay": config.weight_decay}
     if config.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes
-        except ImportError as exc:
-            raise UsageError("--optimizer adamw8bit needs bitsandbytes; pip install bitsandbytes.") from exc
+        bitsandbytes = require("bitsandbytes", "`optimizer` adamw8bit")
         optimizer = bitsandbytes.optim.AdamW8bit(params.values(), **kwargs)
     else:
         optimizer = torch.optim.AdamW(params.values(), **kwargs)
@@ -367,7 +378,7 @@ def restore_training_state(out: Path, state: TrainingState) -> float:
     tensors, meta = ckpt.load_training_state(out)
     saved = ckpt.unpack_state(tensors, meta)
     if (saved["ema"] is None) != (state.ema is None):
-        raise CheckpointError(f"{out} was trained with a different --ema setting; resume with the same --ema.")
+        raise CheckpointError(f"{out} was trained with a different `ema` setting; resume with the same `ema`.")
     if state.ema is not None:
         with torch.no_grad():
             for n, p in state.params.items():
@@ -380,34 +391,114 @@ def restore_training_state(out: Path, state: TrainingState) -> float:
     return float(saved["seconds"])
 
 
-def check_out(out: Path, resume: bool, overwrite: bool, stage: str) -> ckpt.CheckpointInfo | None:
-    """The checkpoint to resume (None for a new run); refuse to clobber an existing folder."""
-    if resume:
-        if overwrite:
-            raise UsageError("--resume continues the checkpoint in --out; drop --overwrite.")
-        info = ckpt.load_checkpoint_info(out, expect_stage=stage)
-        if not info.has_training_state:
-            raise CheckpointError(f"{out} holds no training state; it cannot be resumed — train into a new --out.")
-        return info
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise UsageError(f"--out {out} already exists; pass --resume to continue it or --overwrite to replace it.")
-        if out.is_dir() and not (out / ckpt.CHECKPOINT_FILE).is_file():
-            raise UsageError(f"--overwrite refuses to delete {out}: it is not a fada checkpoint; pick a new --out.")
-        shutil.rmtree(out)
-    return None
+# --- configs: one resolution for the CLI, fada demo, the benches and the library ------------------
 
 
-def resumed_configs(info, model_config: ModelConfig, train_config: TrainConfig, manifest: Path):
-    """The checkpoint's configs; --steps/--checkpoint-every/--log-every may change, nothing else.
+def sample_condition_dropout(batch_size: int, p_audio: float, p_both: float, generator=None, device=None):
+    """Condition dropout (docs/DESIGN.md §3): audio alone with ``p_audio``, audio and reference with ``p_both``.
 
-    ``train_config``'s class (a `TrainConfig` or a subclass) reads the saved ``config["train"]``.
+    Returns ``(drop_audio, drop_reference)``, each (B,) bool; drawn on the CPU generator, then moved.
     """
+    u = torch.rand(batch_size, generator=generator).to(device)
+    drop_both = u < p_both
+    drop_audio = u < p_both + p_audio  # audio alone for u in [p_both, p_both + p_audio)
+    return drop_audio, drop_both
+
+
+def model_overrides_applied(config: ModelConfig, overrides: dict) -> ModelConfig:
+    """``config`` with the given `ModelConfig` fields replaced; ``audio_encoder`` ('mel' | 'wav2vec2', with
+    ``audio_encoder_path``) also sets ``audio_feature_dim`` to match the encoder."""
+    overrides = dict(overrides)
+    if "audio_encoder" in overrides:
+        from pipelines.audio import with_audio_encoder
+
+        name, path = overrides.pop("audio_encoder"), overrides.pop("audio_encoder_path", None)
+        config = with_audio_encoder(config, name, path)
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown := sorted(set(overrides) - names):
+        raise UsageError(f"unknown model config key(s) {unknown}; valid keys: {', '.join(sorted(names))}.")
+    return dataclasses.replace(config, **overrides)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The configs of one `fit` call, and the checkpoints they came from."""
+
+    model_config: ModelConfig
+    config: TrainConfig  # the stage's `config_class`
+    resumed: ckpt.CheckpointInfo | None  # the checkpoint in `out` that a resumed run continues
+    started: ckpt.CheckpointInfo | None  # the checkpoint whose weights a new run starts from (`init_from`)
+
+
+def resolve_configs(
+    stage: Stage,
+    out: str | Path,
+    *,
+    preset: str | None = None,
+    overrides: dict | None = None,
+    model_overrides: dict | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    device: torch.device | None = None,
+    manifest: str | Path | None = None,
+) -> Resolved:
+    """The model and training configs a run of ``stage`` trains with. Reads checkpoints, writes nothing.
+
+    - a new run: the stage's starting model config (the teacher: ``preset``, default demo; distillation:
+      its teacher's), the preset's training defaults (`preset_defaults`), then ``overrides``;
+    - ``init_from``: a new run from that checkpoint's weights and model config (``preset`` and
+      ``model_overrides`` may not change it), training defaults as for a new run;
+    - ``resume``: the configs saved in the checkpoint in ``out``; ``overrides`` may change only
+      `RESUMABLE_CHANGES` (the run length, bookkeeping, how data is loaded).
+
+    ``overrides`` are `TrainConfig` fields (of ``stage.config_class``), ``model_overrides`` `ModelConfig`
+    fields, both as given by a caller (the CLI's options, `fada demo`'s recipe, a bench).
+    """
+    out = Path(out)
+    overrides, model_overrides = dict(overrides or {}), dict(model_overrides or {})
+    device = device if device is not None else torch.device("cpu")
+    if overrides.get("mixed_precision") is not None:  # any dtype name (fp32, bf16, …) as accelerate's, on this device
+        overrides["mixed_precision"] = MIXED_PRECISION[resolve_dtype(overrides["mixed_precision"], device)]
+    if init_from is not None and Path(init_from).absolute() == out.absolute():
+        raise UsageError(f"`init_from` {init_from} is the `out` folder; to continue it use `resume`.")
+    resumed = ckpt.load_checkpoint_info(out, expect_stage=stage.name) if resume else None
+    if resumed is not None and not resumed.has_training_state:
+        raise CheckpointError(f"{out} holds no training state; it cannot be resumed — train into a new `out`.")
+    started = ckpt.load_checkpoint_info(init_from, expect_stage=stage.name) if init_from is not None else None
+    stage.begin(resumed)
+    # 1. the model config: the checkpoint's, or the stage's for a new run; then the given fields
+    source = resumed or started
+    model_config = ModelConfig.from_dict(source.config["model"]) if source else stage.base_model_config(preset)
+    if preset is not None and preset != model_config.preset:
+        where = source.path if source else "the starting model"
+        raise UsageError(f"`preset` {preset} differs from {where}'s {model_config.preset!r}; drop `preset`.")
+    model_config = model_overrides_applied(model_config, model_overrides)
+    if started is not None and (saved := ModelConfig.from_dict(started.config["model"])) != model_config:
+        diff = [k for k, v in saved.to_dict().items() if model_config.to_dict()[k] != v]
+        raise UsageError(
+            f"`init_from` {init_from}: its model options differ in {diff}; drop the options that change them."
+        )
+    # 2. the training config: the checkpoint's, or the defaults (and the preset's) for a new run
+    cls = stage.config_class
+    if resumed is not None:
+        config = dataclasses.replace(cls.from_dict(resumed.config["train"]), **overrides)
+    else:
+        config = cls.from_dict(preset_defaults(model_config.preset, device) | overrides)
+    model_config = stage.model_config(model_config, config)
+    if resumed is not None:
+        model_config, config = resumed_configs(resumed, model_config, config, manifest)
+    resolved = Resolved(model_config, config, resumed, started)
+    stage.check(resolved)
+    return resolved
+
+
+def resumed_configs(info, model_config: ModelConfig, train_config: TrainConfig, manifest: Path | None):
+    """The checkpoint's configs; only `RESUMABLE_CHANGES` may differ, and the manifest must be the same."""
     saved_model = ModelConfig.from_dict(info.config["model"])
     if saved_model != model_config:
         diff = [k for k, v in saved_model.to_dict().items() if model_config.to_dict()[k] != v]
         raise UsageError(
-            f"--resume: the model options differ from the checkpoint's in {diff}; pass the same preset and options."
+            f"`resume`: the model options differ from the checkpoint's in {diff}; pass the same preset and options."
         )
     cls = type(train_config)
     saved = cls.from_dict(info.config["train"])
@@ -418,64 +509,304 @@ def resumed_configs(info, model_config: ModelConfig, train_config: TrainConfig, 
     ]
     if diff:
         raise UsageError(
-            f"--resume: training options {diff} differ from the checkpoint's "
+            f"`resume`: training options {diff} differ from the checkpoint's "
             f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in diff)}); "
-            "pass the same values or train into a new --out."
+            "pass the same values or train into a new `out`."
         )
-    if info.manifest_hash != manifest_hash(manifest):
-        raise UsageError(f"--resume: {manifest} is not the manifest {info.path} was trained on; pass that manifest.")
+    if manifest is not None and info.manifest_hash != manifest_hash(manifest):
+        raise UsageError(f"`resume`: {manifest} is not the manifest {info.path} was trained on; pass that manifest.")
     keep = {k: getattr(train_config, k) for k in RESUMABLE_CHANGES}
     return saved_model, dataclasses.replace(saved, **keep)
 
 
-@dataclass
-class LoopSetup:
-    """What a training loop starts from: where it resumes, its accelerate processes, its data."""
-
-    start_step: int  # 0 for a new run, the checkpoint's step on --resume
-    accelerator: Accelerator
-    device: torch.device  # the accelerator's device for this process
-    rank: int  # this process's index
-    world: int  # number of processes
-    dataset: WindowDataset  # the manifest's clips of the configured tiers, decoded when drawn
-    sampler: WindowSampler  # resumable stream of window keys
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing folder for a new run (``overwrite`` replaces a checkpoint)."""
+    if resume or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise UsageError(f"`out` {out} already exists; pass `resume` to continue it or `overwrite` to replace it.")
+    if out.is_dir() and not (out / ckpt.CHECKPOINT_FILE).is_file():
+        raise UsageError(f"`overwrite` refuses to delete {out}: it is not a fada checkpoint; pick a new `out`.")
+    shutil.rmtree(out)
 
 
-def set_up_loop(out: Path, info, manifest: Path, model_config: ModelConfig, config: TrainConfig,
-                device: torch.device, quiet: bool, num_frames: int | None = None) -> LoopSetup:  # fmt: skip
-    """Resume step, accelerate (one process, or `accelerate launch` for several) and the clip data.
+# --- a training stage ------------------------------------------------------------------------------
 
-    ``num_frames``: frames per training window (None = the model's F; 1 for the image stage).
+
+class Stage:
+    """What one kind of training run does differently; `fit` does the rest.
+
+    A stage names the checkpoints it writes and resumes (``name``), its config class, how it builds
+    the model of a new run, which parameters train, the loss of one micro-batch, its log columns and
+    what its checkpoint records. The teacher (`pipelines.train_teacher.TeacherStage`) and
+    distillation (`pipelines.distill.DistillStage`) are stages; a new stage is one file.
     """
-    start_step = 0 if info is None else info.step
-    if start_step >= config.steps:
-        raise UsageError(f"{out} is already at step {start_step} >= --steps {config.steps}; pass more --steps.")
-    accelerator = make_accelerator(device, config)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    dataset = WindowDataset(manifest, model_config, config.tiers, num_frames=num_frames,
-                            identity_augment=config.identity_augment)  # fmt: skip
-    return LoopSetup(start_step, accelerator, accelerator.device, rank, world, dataset,
-                     WindowSampler(len(dataset), config.seed))  # fmt: skip
+
+    name = "teacher"  # checkpoint stage written and resumed (`checkpoint.STAGES`)
+    config_class: type[TrainConfig] = TrainConfig
+    logs: dict[str, tuple[str, ...]] = {LOG_FILE: ("step", "loss", "lr", "seconds")}  # first: one row per step
+    keep: tuple[str, ...] = ()  # other files of OUT that survive checkpoint saves (plots)
+    summary_names: tuple[str, ...] = ("loss",)  # step means reduced over processes: log row, progress, result
+    tensorboard_prefix = "train"
+    starting_weights: tuple[str, ...] = ()  # stage options that, like `init_from`, give a new run's weights
+
+    # configs
+    def begin(self, resumed: ckpt.CheckpointInfo | None) -> None:
+        """Read what config resolution needs besides the run's own checkpoints (distillation: its teacher)."""
+
+    def base_model_config(self, preset: str | None) -> ModelConfig:
+        """The model config of a new run that starts from no checkpoint."""
+        return get_preset(preset or DEFAULT_PRESET)
+
+    def model_config(self, model_config: ModelConfig, config: TrainConfig) -> ModelConfig:
+        """The model config once the training config is known (a student adds its CFG conditioning)."""
+        return model_config
+
+    def check(self, resolved: Resolved) -> None:
+        """Refuse configs that do not go together (before anything is written)."""
+
+    # the model
+    def new_model(self, run: Run) -> torch.nn.Module:
+        """The model of a new run that starts from no checkpoint."""
+        torch.manual_seed(run.config.seed)
+        return FadaModel.from_config(run.model_config)
+
+    def build_model(self, run: Run) -> torch.nn.Module:
+        """The checkpoint's model on resume, ``init_from``'s for a new run from it, else `new_model`."""
+        source = run.resolved.resumed or run.resolved.started
+        model = FadaModel.from_checkpoint(source.path, expect_stage=self.name) if source else self.new_model(run)
+        return model.to(run.device)
+
+    def trainable(self, model: torch.nn.Module, config: TrainConfig) -> dict[str, torch.nn.Parameter]:
+        """The parameters the optimiser steps, by name (freezing the others)."""
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    def frames(self, config: TrainConfig) -> int | None:
+        """Frames per training window (None: the model's F)."""
+        return None
+
+    def encoder(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The `FadaModel` whose codec encodes the training windows (for the latent cache)."""
+        return model
+
+    # one micro-batch
+    def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """(loss, record of per-sample tensors) of one micro-batch; runs under autocast."""
+        raise NotImplementedError(f"{type(self).__name__} defines no loss")
+
+    # logs and checkpoints
+    def task_name(self, config: TrainConfig) -> str:
+        return f"training {self.name}"
+
+    def write_log(self, run: Run, logs: TrainLogs, step: int, records: list[dict], means: dict, lr: float,
+                  seconds: float) -> None:  # fmt: skip
+        """One row of the per-step log (the step means, lr, seconds) and its TensorBoard scalars.
+
+        A collective in multi-process runs: every process calls it."""
+        first = next(iter(self.logs))
+        row = [step, *(repr(means[name]) for name in self.summary_names), repr(lr), f"{seconds:.3f}"]
+        logs.write_rows(first, [row])
+        logs.scalars(step, {f"{self.tensorboard_prefix}/{k}": v for k, v in means.items()})
+        logs.scalars(step, {f"{self.tensorboard_prefix}/lr": lr})
+
+    def mode(self, config: TrainConfig) -> str:
+        """The checkpoint's mode."""
+        return self.name
+
+    def record(self, run: Run, step: int) -> dict:
+        """What the checkpoint records besides the configs: ``config`` (more config entries),
+        ``teacher_hash``, ``extra``; the result's summary gets ``summary``."""
+        return {}
+
+    def saved(self, run: Run) -> None:
+        """After each checkpoint save, on the main process (distillation redraws its R histogram)."""
 
 
-def attach_latent_cache(setup: LoopSetup, config: TrainConfig, model, quiet: bool) -> None:
-    """With ``config.latent_cache``: open (or start) the cache for this manifest and ``model``'s codec
+DEFAULT_PRESET = "demo"
+
+
+# --- fit ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One `fit` call once its configs are resolved: folders, processes, data and the time trained."""
+
+    out: Path
+    manifest: Path
+    resolved: Resolved
+    device: torch.device  # the requested device, then this process's accelerator device
+    quiet: bool
+    accelerator: Accelerator | None = None
+    dataset: WindowDataset | None = None
+    start_step: int = 0  # 0 for a new run, the checkpoint's step on resume
+    elapsed: float = 0.0  # seconds trained by earlier runs of this checkpoint
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.resolved.config
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.resolved.model_config
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+
+@dataclass(frozen=True)
+class FitResult:
+    checkpoint: Path  # the checkpoint folder
+    stage: str  # teacher | student
+    mode: str  # the checkpoint's mode
+    steps: int  # optimiser steps done in total
+    steps_this_run: int  # steps done by this call (fewer than `steps` after resume)
+    means: dict[str, float]  # the last step's means over micro-batches and processes ("loss", the stage's names)
+    seconds: float  # wall time of this call's loop
+    processes: int  # accelerate processes
+    dataset_clips: int  # clips in the training set
+    is_main_process: bool  # False on the other processes of a multi-process run (they print nothing)
+    logs: dict[str, str]  # log files and plots written in the checkpoint folder, by name
+    extra: dict  # what the stage adds to the summary (distillation: its teacher and its hash)
+
+    @property
+    def final_loss(self) -> float:
+        return self.means["loss"]
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps_this_run / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> dict:
+        """JSON-ready: what the commands print with ``--json``."""
+        finals = {f"final_{name}": value for name, value in self.means.items()}
+        return {"checkpoint": str(self.checkpoint), "stage": self.stage, "mode": self.mode, "steps": self.steps,
+                "steps_this_run": self.steps_this_run, **finals, "seconds": round(self.seconds, 3),
+                "steps_per_s": round(self.steps_per_s, 4), "processes": self.processes, **self.extra,
+                **self.logs}  # fmt: skip
+
+
+def fit(
+    stage: Stage,
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    preset: str | None = None,
+    overrides: dict | None = None,
+    model_overrides: dict | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    overwrite: bool = False,
+    device: str | torch.device = "auto",
+    quiet: bool = False,
+) -> FitResult:
+    """Train (or resume training) ``stage`` on ``manifest`` and write its checkpoints to ``out``.
+
+    Configs are resolved by `resolve_configs` (``preset``, ``overrides`` of the stage's `TrainConfig`
+    fields, ``model_overrides`` of `ModelConfig` fields, ``resume`` or ``init_from``). Every random
+    draw of step s comes from generators seeded by (seed, s, micro-batch, process) and the data
+    stream is a position counter, so a resumed run replays the uninterrupted one exactly. Multi-GPU
+    runs go through `accelerate launch`; each process draws its own B windows.
+    """
+    out, manifest = Path(out), Path(manifest)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    # 1. the configs (nothing written yet)
+    given = [name for name in stage.starting_weights if getattr(stage, name, None) is not None]
+    if resume and (overwrite or init_from is not None or given):
+        drop = ["`overwrite`", *(f"`{name}`" for name in stage.starting_weights), "`init_from`"]
+        raise UsageError(f"`resume` continues the checkpoint in `out`; drop {', '.join(drop[:-1])} and {drop[-1]}.")
+    if init_from is not None and given:
+        raise UsageError(f"`init_from` and `{given[0]}` both give starting weights; pass one of them.")
+    resolved = resolve_configs(stage, out, preset=preset, overrides=overrides, model_overrides=model_overrides,
+                               resume=resume, init_from=init_from, device=device, manifest=manifest)  # fmt: skip
+    config, run = resolved.config, Run(out, manifest, resolved, device, quiet)
+    run.start_step = resolved.resumed.step if resolved.resumed else 0
+    if run.start_step >= config.steps:
+        raise UsageError(f"{out} is already at step {run.start_step} >= `steps` {config.steps}; pass more `steps`.")
+    # 2. the output folder
+    check_out(out, resume, overwrite)
+    # 3. accelerate (one process, or `accelerate launch` for several); clips decoded when a window of them is drawn
+    run.accelerator = make_accelerator(device, config)
+    run.device = run.accelerator.device
+    run.dataset = WindowDataset(manifest, resolved.model_config, config.tiers, num_frames=stage.frames(config),
+                                identity_augment=config.identity_augment)  # fmt: skip
+    sampler = WindowSampler(len(run.dataset), config.seed)
+    # 4. model, trainable parameters, optimiser, LR schedule, EMA (restored exactly on resume); the latent cache
+    model = stage.build_model(run)
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    params = stage.trainable(model, config)
+    optimizer, lr_scheduler = make_optimizer(params, config)
+    state = TrainingState(params, optimizer, lr_scheduler, make_ema(params, config.ema), sampler)
+    if resolved.resumed is not None:
+        run.elapsed = restore_training_state(out, state)
+    attach_latent_cache(run, stage.encoder(model))
+    model, state.optimizer, state.lr_scheduler = run.accelerator.prepare(model, optimizer, lr_scheduler)
+    # 5. the loop
+    logs = TrainLogs(out, run.start_step, run.accelerator.is_main_process, stage.logs, keep=stage.keep)
+    done = run_training_loop(run, stage, model, state, logs)
+    main = run.accelerator.is_main_process
+    if main:
+        rate = f"{done.steps_done / done.seconds:.2f} steps/s" if done.seconds > 0 else "no steps"
+        log(f"trained {done.steps_done} steps in {done.seconds:.1f} s ({rate}); checkpoint {out}", quiet=quiet)
+    record = stage.record(run, config.steps)
+    names = {"train_log": next(iter(stage.logs)), **record.get("extra", {})}
+    return FitResult(out, stage.name, stage.mode(config), config.steps, done.steps_done, done.means, done.seconds,
+                     run.world, len(run.dataset), main, {k: str(out / v) for k, v in names.items()},
+                     record.get("summary", {}))  # fmt: skip
+
+
+def attach_latent_cache(run: Run, encoder) -> None:
+    """With ``config.latent_cache``: open (or start) the cache for this manifest and ``encoder``'s codec
     and audio encoder, encode the clips it lacks (each process its share, on its device) and let the
-    dataset read its windows from it. ``model``: the `FadaModel` whose VAE encodes (the teacher's in
-    distillation)."""
-    if config.latent_cache is None:
+    dataset read its windows from it."""
+    if run.config.latent_cache is None:
         return
     from pipelines.latent_cache import cache_key, fill_cache, open_cache
 
-    dataset, accelerator = setup.dataset, setup.accelerator
-    key = cache_key(dataset.manifest, dataset.config, model.vae)
+    dataset, accelerator = run.dataset, run.accelerator
+    key = cache_key(dataset.manifest, dataset.config, encoder.vae)
     if accelerator.is_main_process:
-        open_cache(config.latent_cache, key, create=True)
+        open_cache(run.config.latent_cache, key, create=True)
     accelerator.wait_for_everyone()
-    cache = open_cache(config.latent_cache, key, create=False)
-    fill_cache(cache, dataset, model.encode_images, setup.device, setup.rank, setup.world, quiet or setup.rank > 0)
+    cache = open_cache(run.config.latent_cache, key, create=False)
+    quiet = run.quiet or run.rank > 0
+    fill_cache(cache, dataset, encoder.encode_images, run.device, run.rank, run.world, quiet)
     accelerator.wait_for_everyone()
     dataset.cache = cache
+
+
+def save_stage_checkpoint(run: Run, stage: Stage, model, state: TrainingState, logs: TrainLogs, step: int,
+                          seconds: float) -> None:  # fmt: skip
+    """The checkpoint of ``step``: configs, the stage's record, the full training state."""
+    record = stage.record(run, step)
+    config = {"model": run.model_config.to_dict(), "train": run.config.to_dict()}
+    resumed, started = run.resolved.resumed, run.resolved.started
+    init_from = str(started.path) if started else (resumed.config.get("init_from") if resumed else None)
+    if init_from is not None:
+        config["init_from"] = init_from  # provenance: the weights step 0 started from
+    save_training_checkpoint(
+        run.accelerator,
+        run.out,
+        logs,
+        state,
+        run.accelerator.unwrap_model(model),
+        seconds,
+        stage=stage.name,
+        mode=stage.mode(run.config),
+        config=config | record.get("config", {}),
+        step=step,
+        manifest_hash=manifest_hash(run.manifest),
+        teacher_hash=record.get("teacher_hash"),
+        extra=record.get("extra", {}),
+    )
+    if run.accelerator.is_main_process:
+        stage.saved(run)
 
 
 @dataclass(frozen=True)
@@ -485,39 +816,27 @@ class LoopResult:
     steps_done: int  # optimiser steps done by this call
 
 
-def run_training_loop(
-    setup: LoopSetup,
-    config: TrainConfig,
-    model: torch.nn.Module,
-    state: TrainingState,
-    logs: TrainLogs,
-    elapsed: float,
-    task_name: str,
-    micro_loss: Callable[[dict, torch.Generator], tuple[torch.Tensor, dict]],
-    write_log: Callable[[int, list[dict], dict, float, float], None],
-    save: Callable[[int, float], None],
-    summary_names: Sequence[str] = ("loss",),
-    quiet: bool = False,
-) -> LoopResult:
-    """The optimiser steps from ``setup.start_step`` + 1 to ``config.steps``, shared by every stage.
+def run_training_loop(run: Run, stage: Stage, model: torch.nn.Module, state: TrainingState,
+                      logs: TrainLogs) -> LoopResult:  # fmt: skip
+    """The optimiser steps from ``run.start_step`` + 1 to ``config.steps``, shared by every stage.
 
     Per step, for each of ``grad_accum`` micro-batches: this process's B windows (`window_batches`,
-    DataLoader workers), a generator seeded by (seed, step, micro, process), ``micro_loss(batch,
-    generator)`` → (loss, record of per-sample tensors) under autocast, backward (gradients synced
-    on the last micro-batch only); then `optimizer_step`. ``summary_names``: record entries (and
-    ``loss``) averaged over micro-batches and processes every step. Every ``log_every`` steps
-    ``write_log(step, records, means, lr, seconds)`` (a collective in multi-process runs: every
-    process calls it); every ``checkpoint_every`` steps and at the end ``save(step, seconds)``.
-    ``seconds`` counts the training time of earlier runs (``elapsed``) too.
+    DataLoader workers), a generator seeded by (seed, step, micro, process), ``stage.loss(model,
+    batch, generator)`` → (loss, record of per-sample tensors) under autocast, backward (gradients
+    synced on the last micro-batch only); then `optimizer_step`. ``stage.summary_names``: record
+    entries (and ``loss``) averaged over micro-batches and processes every step. Every ``log_every``
+    steps `Stage.write_log`; every ``checkpoint_every`` steps and at the end a checkpoint. The
+    seconds logged count the training time of earlier runs of the checkpoint too.
     """
-    accelerator, device, rank, world = setup.accelerator, setup.device, setup.rank, setup.world
+    config, accelerator, device, rank, world = run.config, run.accelerator, run.device, run.rank, run.world
     workers = config.num_workers if config.num_workers is not None else default_num_workers(device)
-    batches = window_batches(setup.dataset, state.sampler, config.batch_size, rank, world, workers,
+    batches = window_batches(run.dataset, state.sampler, config.batch_size, rank, world, workers,
                              pin_memory=device.type == "cuda")  # fmt: skip
-    means, began = {name: float("nan") for name in summary_names}, time.perf_counter()
-    with make_progress(quiet or rank > 0) as progress:
-        task = progress.add_task(task_name, total=config.steps, completed=setup.start_step)
-        for step in range(setup.start_step + 1, config.steps + 1):
+    means, began = {name: float("nan") for name in stage.summary_names}, time.perf_counter()
+    task_name = stage.task_name(config)
+    with make_progress(run.quiet or rank > 0) as progress:
+        task = progress.add_task(task_name, total=config.steps, completed=run.start_step)
+        for step in range(run.start_step + 1, config.steps + 1):
             records = []
             for micro in range(config.grad_accum):
                 state.sampler.take(config.batch_size * world)  # the stream position a checkpoint saves
@@ -526,20 +845,20 @@ def run_training_loop(
                 syncing = micro == config.grad_accum - 1
                 with contextlib.nullcontext() if syncing else accelerator.no_sync(model):
                     with accelerator.autocast():
-                        loss, record = micro_loss(batch, generator)
+                        loss, record = stage.loss(model, batch, generator)
                     accelerator.backward(loss / config.grad_accum)
                 records.append({"micro": micro, "loss": loss.detach().float(), **record})
             lr = optimizer_step(accelerator, state, config)
             means = {
                 name: float(accelerator.reduce(torch.stack([r[name].float().mean() for r in records]).mean(), "mean"))
-                for name in summary_names
+                for name in stage.summary_names
             }
-            seconds = elapsed + time.perf_counter() - began
+            seconds = run.elapsed + time.perf_counter() - began
             if step % config.log_every == 0 or step == config.steps:
-                write_log(step, records, means, lr, seconds)
+                stage.write_log(run, logs, step, records, means, lr, seconds)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                save(step, seconds)
+                save_stage_checkpoint(run, stage, model, state, logs, step, seconds)
             progress.update(task, advance=1, description=f"{task_name} · loss {means['loss']:.4f}")
     batches.close()  # stops the DataLoader workers
     logs.close()
-    return LoopResult(means, time.perf_counter() - began, config.steps - setup.start_step)
+    return LoopResult(means, time.perf_counter() - began, config.steps - run.start_step)

@@ -1,4 +1,4 @@
-"""`fada eval --cfg-sweep`: a 2×2 grid on the tiny preset, its table, plots and errors."""
+"""`fada cfg-sweep`: a 2×2 grid on the tiny preset, its table, plots and errors."""
 
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ def test_grid_points_share_the_default():
         ("ref", 1.0, 6.5, 1.0),
         ("ref", 2.5, 6.5, 2.5),
     ]
-    assert parse_scales("1, 3.5,9", "--audio-scales") == (1.0, 3.5, 9.0)
-    with pytest.raises(UsageError, match="--ref-scales '1,x'"):
-        parse_scales("1,x", "--ref-scales")
-    with pytest.raises(UsageError, match="--audio-scales"):
+    assert parse_scales("1, 3.5,9", "audio_scales") == (1.0, 3.5, 9.0)
+    with pytest.raises(UsageError, match="`ref_scales` '1,x'"):
+        parse_scales("1,x", "ref_scales")
+    with pytest.raises(UsageError, match="`audio_scales`"):
         SweepConfig(audio_scales=(float("nan"),))
 
 
@@ -58,7 +58,7 @@ def test_cfg_sweep_tiny_2x2(inputs, tmp_path, monkeypatch):
         FadaModel, "from_checkpoint", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k))
     )
     out = tmp_path / "sweep"
-    args = ["eval", "--cfg-sweep", "--checkpoint", str(teacher), "--reference", str(held), "--out", str(out)]
+    args = ["cfg-sweep", "--checkpoint", str(teacher), "--reference", str(held), "--out", str(out)]
     args += ["--audio-scales", "1,6.5", "--ref-scales", "1,2.5", "--steps", "1", "--max-videos", "1"]
     result = runner.invoke(app, [*args, "--iqa-metric", "none", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
@@ -84,7 +84,7 @@ def test_cfg_sweep_tiny_2x2(inputs, tmp_path, monkeypatch):
 
 def test_cfg_sweep_needs_a_checkpoint(inputs, tmp_path):
     _, held = inputs
-    result = runner.invoke(app, ["eval", "--cfg-sweep", "--reference", str(held), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "--cfg-sweep needs --checkpoint" in result.output
+    result = runner.invoke(app, ["cfg-sweep", "--reference", str(held), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "Missing option '--checkpoint'" in result.output
     result = runner.invoke(app, ["eval", "--reference", str(held), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--generated is missing" in result.output

@@ -17,8 +17,6 @@ from pipelines.checkpoint import (
     load_checkpoint_info,
     load_component,
     load_training_state,
-    optimizer_state_from_tensors,
-    optimizer_state_to_tensors,
     pack_state,
     rng_state,
     save_checkpoint,
@@ -174,7 +172,8 @@ def test_optimizer_scheduler_and_rng_resume_exactly(tmp_path):
         scheduler.step()
     torch.manual_seed(123), np.random.seed(123), random.seed(123)
     tensors, meta = pack_state({"lr_scheduler": scheduler.state_dict(), "rng": rng_state()})
-    opt_tensors, opt_meta = optimizer_state_to_tensors(optimizer.state_dict())
+    opt_tensors, opt_tree = pack_state(optimizer.state_dict(), prefix="optimizer")
+    opt_meta = {"optimizer": opt_tree}
     path = save(
         tmp_path / "ckpt",
         unet,
@@ -191,7 +190,7 @@ def test_optimizer_scheduler_and_rng_resume_exactly(tmp_path):
     resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1.0)
     resumed_scheduler = torch.optim.lr_scheduler.StepLR(resumed_optimizer, step_size=1, gamma=0.5)
     all_tensors, all_meta = load_training_state(path)
-    resumed_optimizer.load_state_dict(optimizer_state_from_tensors(all_tensors, all_meta))
+    resumed_optimizer.load_state_dict(unpack_state(all_tensors, all_meta["optimizer"]))
     other = unpack_state(all_tensors, all_meta["other"])
     resumed_scheduler.load_state_dict(other["lr_scheduler"])
     torch.manual_seed(0), np.random.seed(0), random.seed(0)

@@ -143,7 +143,7 @@ def test_ray_worker_that_dies_gives_a_rejected_row(local_ray, raw_videos, tmp_pa
     (tmp_path / "clips").mkdir()
     sources = sorted((raw_videos / "talk").glob("*.mp4"))
     config = curate.CurateConfig(size=64, engine="ray", scoring=ScoringSettings(iqa_metric=None))
-    results = dict(iter_ray(sources, tmp_path, config, {}, {}, work=dies_on_demo_0002))
+    results = dict(iter_ray(sources, tmp_path, config, {}, {}, dies_on_demo_0002, curate.failed_part))
     dead = results[raw_videos / "talk" / "demo_0002.mp4"]
     assert len(dead) == 1 and dead[0]["tier"] == "reject"
     assert dead[0]["reject_reason"].startswith("failed: ray worker: ")

@@ -165,7 +165,7 @@ def test_latent_cache_round_trips_and_is_refused_when_the_manifest_changes(manif
     assert batch_latents(no_encoding, latent_batch)[0] is latent_batch["latents"]
     alphas = sd15_alphas_cumprod(torch.float32)
     losses = [
-        teacher_loss(model, batch, alphas, torch.Generator().manual_seed(0), TINY_VAE, TeacherTrainConfig())
+        teacher_loss(model, batch, alphas, torch.Generator().manual_seed(0), TeacherTrainConfig())
         for batch in (frames_batch, latent_batch)
     ]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-6)

@@ -87,7 +87,7 @@ def test_demo_table_shows_every_metric_and_the_route():
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
-    with pytest.raises(UsageError, match="--minutes 0.5"):
+    with pytest.raises(UsageError, match="`minutes` 0.5"):
         DemoConfig(minutes=0.5)
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--preset", "sd15"])
     assert result.exit_code == 2 and "--preset 'sd15' is not valid for the CPU demo" in result.output

@@ -184,7 +184,7 @@ CPU_ON_PURPOSE = {
     ("pipelines/distill.py", "distill_loss", "randn"): "ε drawn on the CPU, then .to(device)",
     ("pipelines/distill.py", "distill_loss", "zeros"): "no dropout in fast mode; .to(device) below",
     ("pipelines/distill.py", "_uniform", "rand"): "CFG scales drawn on the CPU; distill_loss moves them",
-    ("pipelines/model.py", "sample_condition_dropout", "rand"): "drawn on the CPU generator, then .to(device)",
+    ("pipelines/training.py", "sample_condition_dropout", "rand"): "drawn on the CPU generator, then .to(device)",
     ("pipelines/train_teacher.py", "teacher_loss", "randint"): "t on the CPU generator, then .to(device)",
     ("pipelines/train_teacher.py", "teacher_loss", "randn"): "ε on the CPU generator, then .to(device)",
     ("pipelines/pipeline.py", "FadaPipeline._clips", "Generator"): "seeded CPU generator: same video on any device",
@@ -222,9 +222,9 @@ CPU_ON_PURPOSE = {
     ("pipelines/metrics/extractors.py", "_expression_input", "from_numpy"): "moved by _forward",
     ("pipelines/metrics/extractors.py", "load_torchscript", "zeros"): "probe input, moved by _forward",
     # curation scorers load their networks on the CPU (map_location="cpu", device="cpu")
-    ("filters/quality.py", "pyiqa_score", "from_numpy"): "pyiqa metric created on the CPU",
-    ("filters/quality.py", "full_reference", "from_numpy"): "pyiqa PSNR/SSIM metrics created on the CPU",
-    ("filters/sync.py", "syncnet_scores", "from_numpy"): "SyncNet loaded on the CPU",
+    ("pipelines/metrics/quality.py", "pyiqa_score", "from_numpy"): "pyiqa metric created on the CPU",
+    ("pipelines/metrics/quality.py", "full_reference", "from_numpy"): "pyiqa PSNR/SSIM metrics created on the CPU",
+    ("pipelines/metrics/lip_sync.py", "syncnet_scores", "from_numpy"): "SyncNet loaded on the CPU",
 }
 
 

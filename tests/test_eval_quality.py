@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from filters import quality
 from pipelines.demo_data import DemoDataConfig, render_clip
 from pipelines.faces import FaceMeshTracker
 from pipelines.media import AUDIO_SR, VIDEO_FPS
-from pipelines.metrics import mouth_window, proxies
+from pipelines.metrics import mouth_window, proxies, quality
 
 OFFSET = 3  # frames the mouth lags the speech in the test clip
 

@@ -1,4 +1,4 @@
-"""The paper's math (SPEC §4) against hand-computed values."""
+"""The paper's math (DESIGN §4) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_supervision_weight_modes():
 
 @pytest.mark.parametrize("bad", ["adaptve", "fixed-", "fixed-abc", "fixed--1", "fixed-nan"])
 def test_supervision_weight_invalid_mode(bad):
-    with pytest.raises(UsageError, match="--gt-weight"):
+    with pytest.raises(UsageError, match="`gt_weight`"):
         fm.supervision_weight(1.0, bad)
 
 
@@ -123,7 +123,7 @@ def test_window_solver_indices():
     assert fm.window_solver_indices(1, 5).tolist() == [249, 199, 149, 99, 49, 0]
     batch = fm.window_solver_indices(torch.tensor([3, 2]), 25)
     assert batch.shape == (2, 26) and batch[0, 1].item() == 739 and batch[1, -1].item() == 249
-    with pytest.raises(UsageError, match="--solver-steps 7"):
+    with pytest.raises(UsageError, match="`solver_steps` 7"):
         fm.window_solver_indices(4, 7)
     # k on the model's device (meta stands in for cuda here): the indices follow it, as
     # distillation needs (a CPU arange combined with a CUDA k crashed its first step)
@@ -174,7 +174,7 @@ def test_perflow_timesteps():
     assert len(fm.perflow_timesteps(25)) == 25 and fm.perflow_timesteps(25)[:2] == pytest.approx(
         [1000.0, 1000 - 250 / 7]
     )
-    with pytest.raises(UsageError, match="--steps 2"):
+    with pytest.raises(UsageError, match="`steps` 2"):
         fm.perflow_timesteps(2)
 
 

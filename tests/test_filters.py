@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from filters import motion, quality, sync, tiers
+from filters import image_quality, motion, sync, tiers
 from filters.background import background_change
 from filters.base import ClipData, ScoringSettings
 from pipelines import faces
 from pipelines.errors import UsageError
+from pipelines.metrics import lip_sync
+from pipelines.metrics import quality as metrics_quality
 
 RNG_SEED = 1234
 
@@ -45,7 +47,7 @@ def test_sync_proxy_finds_known_shift(true_offset):
     loudness = envelope(n + 40)
     rms_series = loudness[20 : 20 + n]
     mouth_series = loudness[20 - true_offset : 20 - true_offset + n]  # mouth[t] = rms[t - offset]
-    offset, conf = sync.proxy_offset(mouth_series, rms_series)
+    offset, conf = lip_sync.proxy_offset(mouth_series, rms_series)
     assert offset == true_offset
     assert conf > 0.99
 
@@ -74,11 +76,11 @@ def test_syncnet_loads_weights_from_a_local_file(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "syncnet_v2.model"
     torch.save(SyncNetModel(num_layers_in_fc_layers=1024).state_dict(), weights)
-    sync.load_syncnet.cache_clear()
+    lip_sync.load_syncnet.cache_clear()
     rng = np.random.default_rng(RNG_SEED)
     frames = rng.integers(0, 255, (40, 64, 64, 3), dtype=np.uint8)
     audio = (rng.standard_normal(40 * 640) * 0.1).astype(np.float32)
-    offset, conf, dist = sync.syncnet_scores(frames, audio, weights)
+    offset, conf, dist = lip_sync.syncnet_scores(frames, audio, weights)
     assert -15 <= offset <= 15 and float(offset).is_integer()
     assert conf >= 0 and dist > 0
 
@@ -93,7 +95,7 @@ def test_sharpness_falls_with_blur():
     rng = np.random.default_rng(RNG_SEED)
     image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
     values = [
-        quality.laplacian_sharpness(np.stack([cv2.GaussianBlur(image, (0, 0), s) if s else image] * 3))
+        metrics_quality.laplacian_sharpness(np.stack([cv2.GaussianBlur(image, (0, 0), s) if s else image] * 3))
         for s in (0, 0.8, 1.5, 3.0)
     ]
     assert values == sorted(values, reverse=True)
@@ -102,10 +104,10 @@ def test_sharpness_falls_with_blur():
 
 def test_iqa_without_cached_weights_is_nan_with_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    quality.pyiqa_weights_problem.cache_clear()
+    metrics_quality.pyiqa_weights_problem.cache_clear()
     frames = np.full((5, 32, 32, 3), 128, np.uint8)
-    result = quality.score(ClipData(frames=frames, audio=np.zeros(3200, np.float32), settings=ScoringSettings()))
-    quality.pyiqa_weights_problem.cache_clear()
+    result = image_quality.score(ClipData(frames=frames, audio=np.zeros(3200, np.float32), settings=ScoringSettings()))
+    metrics_quality.pyiqa_weights_problem.cache_clear()
     assert math.isnan(result["iqa"]) and result["iqa_metric"] == "musiq"
     assert "not in pyiqa cache" in result["notes"] and str(tmp_path) in result["notes"]
     assert result["sharpness"] == 0.0
@@ -186,7 +188,7 @@ def mouth_clip(n: int, opening: np.ndarray, audio_env: np.ndarray, blur: float) 
     for _ in range(n):
         points = np.zeros((468, 2), np.float32)
         points[faces.EYE_OUTER_CORNERS[0]], points[faces.EYE_OUTER_CORNERS[1]] = (28, 36), (68, 36)
-        points[list(sync.LIP_POINTS)] = (48, 64) + rng.normal(0, 2.0, (len(sync.LIP_POINTS), 2))
+        points[list(lip_sync.LIP_POINTS)] = (48, 64) + rng.normal(0, 2.0, (len(lip_sync.LIP_POINTS), 2))
         landmarks.append(points)
     audio = (rng.standard_normal(n * 640) * np.repeat(audio_env, 640) * 0.2).astype(np.float32)
     return ClipData(frames=frames, audio=audio, landmarks=landmarks, settings=ScoringSettings(iqa_metric=None))
@@ -200,8 +202,8 @@ def test_sync_proxy_finds_known_lag_from_mouth_darkness_also_after_blur(true_off
     opening = loudness[20 - true_offset : 20 - true_offset + n]  # mouth[t] = audio[t - offset]
     opening = (opening - opening.min()) / np.ptp(opening)
     clip = mouth_clip(n, opening, audio_env, blur)
-    track = sync.mouth_track(clip.landmarks)
-    darkness = sync.mouth_darkness(clip.frames, *track)
+    track = lip_sync.mouth_track(clip.landmarks)
+    darkness = lip_sync.mouth_darkness(clip.frames, *track)
     assert np.corrcoef(darkness, opening)[0, 1] > 0.95
     result = sync.score(clip)
     assert result["sync_proxy_offset"] == true_offset
@@ -212,13 +214,13 @@ def test_mouth_darkness_ignores_overall_brightness():
     n = 30
     opening = np.linspace(0, 1, n)
     clip = mouth_clip(n, opening, np.ones(n), 0.0)
-    track = sync.mouth_track(clip.landmarks)
+    track = lip_sync.mouth_track(clip.landmarks)
     gain = np.where(np.arange(n) % 2, 0.6, 1.0)[:, None, None, None]  # flicker of the whole frame
     flickering = (clip.frames * gain).astype(np.uint8)
-    steady, flicker = sync.mouth_darkness(clip.frames, *track), sync.mouth_darkness(flickering, *track)
+    steady, flicker = lip_sync.mouth_darkness(clip.frames, *track), lip_sync.mouth_darkness(flickering, *track)
     assert np.abs(flicker - steady).max() < 0.02
     assert steady[-1] > steady[0] + 0.2
-    assert sync.mouth_track([None] * n) is None
+    assert lip_sync.mouth_track([None] * n) is None
 
 
 def test_tiers_a_is_subset_of_b_and_first_reason_recorded():

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from fada_cli.main import app
 from pipelines import media
 from pipelines.checkpoint import save_checkpoint
+from pipelines.distill import build_student_from_teacher
 from pipelines.errors import MediaError
 from pipelines.generate import read_portrait
-from pipelines.model import FadaModel, build_student_from_teacher
+from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
 
 runner = CliRunner()
@@ -308,7 +309,8 @@ def test_a_failure_mid_generation_leaves_no_file(teacher, inputs, tmp_path, monk
         return original_decode(self, latents)
 
     monkeypatch.setattr(FadaModel, "decode_latents", failing_decode)
-    from pipelines.generate import GenerateConfig, generate
+    from pipelines.generate import GenerateConfig
+    from pipelines.pipeline import generate
 
     with pytest.raises(RuntimeError, match="clip 3"):
         generate(teacher, portrait, speech, tmp_path / "talk.mp4", GenerateConfig(steps=1), device="cpu", quiet=True)

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from fada_cli.main import app
 from pipelines.checkpoint import checkpoint_hash, save_checkpoint
-from pipelines.model import FadaModel, build_student_from_teacher
+from pipelines.distill import build_student_from_teacher
+from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
 
 runner = CliRunner()

@@ -34,7 +34,7 @@ def test_frechet_matches_sqrtm(n1, n2):
     if n1 < 8:
         assert np.linalg.matrix_rank(stats_a[1]) == n1 - 1
     expected = sqrtm_frechet(*stats_a, *stats_b)
-    eigenvalues = np.linalg.eigvals(stats_a[1] @ stats_b[1]).astype(complex)  # SPEC §6 written out literally
+    eigenvalues = np.linalg.eigvals(stats_a[1] @ stats_b[1]).astype(complex)  # DESIGN §6 written out literally
     literal = (
         np.sum((stats_a[0] - stats_b[0]) ** 2) + np.trace(stats_a[1] + stats_b[1]) - 2 * np.sqrt(eigenvalues).real.sum()
     )

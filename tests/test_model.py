@@ -1,4 +1,4 @@
-"""The shared teacher/student model (SPEC §3): configs, audio features, processors, FadaModel."""
+"""The shared teacher/student model (DESIGN §3): configs, audio features, processors, FadaModel."""
 
 from __future__ import annotations
 
@@ -17,14 +17,9 @@ from pipelines.audio import (
     with_audio_encoder,
 )
 from pipelines.checkpoint import save_checkpoint
+from pipelines.distill import build_student_from_teacher
 from pipelines.errors import InputFileError, UsageError
-from pipelines.model import (
-    FadaModel,
-    build_student_from_teacher,
-    build_unet,
-    build_vae,
-    sample_condition_dropout,
-)
+from pipelines.model import FadaModel, build_unet, build_vae
 from pipelines.model_config import ModelConfig, get_preset
 
 
@@ -290,6 +285,8 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_condition_dropout_rates():
+    from pipelines.training import sample_condition_dropout
+
     drop_audio, drop_reference = sample_condition_dropout(20_000, 0.10, 0.05, torch.Generator().manual_seed(0))
     assert torch.all(drop_audio[drop_reference])  # dropping the reference always drops the audio too
     assert abs(drop_reference.float().mean().item() - 0.05) < 0.01

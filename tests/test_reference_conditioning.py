@@ -10,11 +10,12 @@ from test_model import clip_inputs, tiny_model
 from pipelines import fada_math
 from pipelines.checkpoint import save_checkpoint
 from pipelines.data import WindowDataset, identity_transform
+from pipelines.distill import build_student_from_teacher
 from pipelines.errors import UsageError
 from pipelines.manifest import write_manifest
 from pipelines.media import write_video
 from pipelines.metrics.identity import fraction_of_range, identity_scores
-from pipelines.model import FadaModel, build_student_from_teacher
+from pipelines.model import FadaModel
 from pipelines.model_config import ModelConfig, get_preset
 from pipelines.schedulers import add_noise, alpha_bar_at, eps_from_x0, sd15_alphas_cumprod
 

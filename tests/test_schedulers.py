@@ -111,7 +111,7 @@ def test_perflow_scheduler_step_counts(num_steps, expected):
 
 @pytest.mark.parametrize("bad", [0, -1, 3, 2.0])
 def test_perflow_scheduler_invalid_steps(bad):
-    with pytest.raises(UsageError, match="--steps"):
+    with pytest.raises(UsageError, match="`steps`"):
         PeRFlowScheduler(bad)
 
 

@@ -26,7 +26,8 @@ from PIL import Image
 
 from pipelines.app import generate_for_page
 from pipelines.checkpoint import save_checkpoint
-from pipelines.model import FadaModel, build_student_from_teacher
+from pipelines.distill import build_student_from_teacher
+from pipelines.model import FadaModel
 from pipelines.model_config import get_preset
 from pipelines.pipeline import FadaPipeline
 

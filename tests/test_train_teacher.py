@@ -249,11 +249,10 @@ def test_loss_weighting_weights_each_samples_mse():
         "motion": torch.ones(4, 1, 3, 8, 8),
     }
     batch["audio_features"] = torch.zeros(4, 2, 5)
-    config = get_preset("tiny")
     model = _ZeroPredictor()
     for weighting in LOSS_WEIGHTINGS:
         train_config = TeacherTrainConfig(loss_weighting=weighting)
-        loss = teacher_loss(model, batch, alphas_cumprod, torch.Generator().manual_seed(0), config, train_config)
+        loss = teacher_loss(model, batch, alphas_cumprod, torch.Generator().manual_seed(0), train_config)
         scale = (1 - alphas_cumprod[model.t]).sqrt().view(-1, 1, 1, 1, 1)
         eps = model.noisy / scale  # the ε that was drawn
         per_sample = eps.pow(2).flatten(1).mean(1)  # MSE of ε̂ = 0
@@ -366,7 +365,7 @@ def test_lr_schedules():
     assert lr_factor(9, cosine) == 1.0 and lr_factor(10, cosine) == 1.0
     assert lr_factor(60, cosine) == pytest.approx(0.55)  # half-way: the mean of 1 and 0.1
     assert lr_factor(110, cosine) == pytest.approx(0.1) and lr_factor(500, cosine) == pytest.approx(0.1)
-    with pytest.raises(UsageError, match="--lr-schedule 'step' is not valid"):
+    with pytest.raises(UsageError, match="`lr_schedule` 'step' is not valid"):
         TrainConfig(lr_schedule="step")
 
 
@@ -405,7 +404,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(monkeypatch):
             model.enable_gradient_checkpointing()
         calls.update(recorder=0, temporal=0)
         alphas_cumprod = sd15_alphas_cumprod(torch.float32)
-        loss = teacher_loss(model, batch, alphas_cumprod, torch.Generator().manual_seed(1), config)
+        loss = teacher_loss(model, batch, alphas_cumprod, torch.Generator().manual_seed(1))
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return loss.detach(), grads, dict(calls)

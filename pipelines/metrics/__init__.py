@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §6): Fréchet distances, learned extractors, weight-free proxies.
+"""Evaluation metrics (DESIGN §6): Fréchet distances, learned extractors, weight-free proxies.
 
 - `frechet`: the Fréchet distance with the eigenvalue form of the trace term (FID, FVD, E-FID).
 - `extractors`: TorchScript / SyncNet loaders with declared input/output contracts and file hashes.

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from filters import sync
 from pipelines.errors import InputFileError
+from pipelines.metrics import lip_sync
 
 CLIP_FRAMES = 16  # frames per FVD clip (I3D and 3D ResNet)
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision R3D_18_Weights.KINETICS400_V1 transforms
@@ -218,7 +218,7 @@ def load_torchscript(path: Path, contract: ExtractorContract, device: torch.devi
 
 @dataclass(frozen=True)
 class SyncNetExtractor:
-    """SyncNet weights checked loadable; clips are scored by `filters.sync` (LSE-D, LSE-C, offset)."""
+    """SyncNet weights checked loadable; clips are scored by `metrics.lip_sync` (LSE-D, LSE-C, offset)."""
 
     path: Path  # the `syncnet_v2.model` file
     sha256: str  # of that file
@@ -227,12 +227,12 @@ class SyncNetExtractor:
 
 def load_syncnet(path: Path) -> SyncNetExtractor:
     """Check that a SyncNet state dict loads into `syncnet_python`'s model (tensors only, no pickled code)."""
-    path = _check_file(path, "--syncnet-weights")
+    path = _check_file(path, "`syncnet_weights`")
     try:
-        sync.load_syncnet(path)
+        lip_sync.load_syncnet(path)
     except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, AttributeError) as exc:
         raise InputFileError(
-            f"--syncnet-weights {path} is not a SyncNet state dict ({' '.join(str(exc).split())[:160]}); "
+            f"`syncnet_weights` {path} is not a SyncNet state dict ({' '.join(str(exc).split())[:160]}); "
             "pass syncnet_v2.model from the SyncNet release."
         ) from exc
     return SyncNetExtractor(path, file_sha256(path))

@@ -1,6 +1,6 @@
 """Fréchet distance between two Gaussians fitted to feature sets (FID, FVD, FVD-R, E-FID).
 
-d² = ‖μ1 − μ2‖² + Tr(Σ1) + Tr(Σ2) − 2·Σ_i Re(√λ_i(Σ1Σ2))            (SPEC §6)
+d² = ‖μ1 − μ2‖² + Tr(Σ1) + Tr(Σ2) − 2·Σ_i Re(√λ_i(Σ1Σ2))            (DESIGN §6)
 
 The Fréchet (2-Wasserstein) distance between N(μ1, Σ1) and N(μ2, Σ2) is Dowson & Landau, J.
 Multivariate Anal. 1982; its use on Inception features is FID (Heusel et al., NeurIPS 2017).

@@ -12,7 +12,7 @@ face in a few frames at most, even where one is plainly drawn. This route needs 
    cross-correlation of Gaussian-smoothed grey images, `cv2.matchTemplate`) within
    ``SEARCH_FRACTION`` of the frame side of where it was found; the track is smoothed over time.
 
-The sync proxy then reads the mouth darkness in that window (`filters.sync.mouth_darkness`) and
+The sync proxy then reads the mouth darkness in that window (`metrics.lip_sync.mouth_darkness`) and
 the E-FID proxy the window's pixels (`window_descriptors`).
 """
 
@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from filters import quality
 from pipelines import faces
+from pipelines.metrics import quality
 
 MESH_SIZE = 256  # stills are upscaled (bicubic) to this side before the face mesh runs
 SHARPEST_FRAMES = 5  # frames tried, sharpest first, when the median still shows no face

@@ -11,7 +11,7 @@
   Where the mesh reads too few frames, the same proxy runs on mouth-window descriptors
   (`window_e_fid_proxy`, `pipelines.metrics.mouth_window`).
 - ``sync_proxy`` (`sync_proxy`): a mouth signal against the audio RMS per frame, best Pearson r
-  over ±15 frame lags (`filters.sync.proxy_offset`), by one of two routes: ``face mesh`` (mouth
+  over ±15 frame lags (`lip_sync.proxy_offset`), by one of two routes: ``face mesh`` (mouth
   opening and mouth darkness on the mesh's lips, as curate's `filters.sync`) where the mesh reads
   at least half of the frames, else ``mouth window`` (mouth darkness in a window found once and
   followed, `pipelines.metrics.mouth_window`). The best r over 31 lags of a 3-s clip is about
@@ -19,20 +19,21 @@
   r minus the mean best r of the same mouth signal against three surrogates of the same audio
   (time-reversed, circularly shifted by half the clip, both), which keep its level and rhythm but
   not its timing.
-- ``sharpness``: `filters.quality.laplacian_sharpness` on every `FRAME_STEP`-th frame (not an IQA).
+- ``sharpness``: `quality.laplacian_sharpness` on every `FRAME_STEP`-th frame (not an IQA).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from filters import quality, sync
-from filters.base import NAN, ClipData, interpolated_series
 from pipelines import faces
-from pipelines.metrics import mouth_window
+from pipelines.faces import interpolated_series
+from pipelines.metrics import lip_sync, mouth_window, quality
 from pipelines.metrics.frechet import frechet_distance_of_features
+from pipelines.metrics.lip_sync import NAN
 
 E_FID_PROXY_EXTRACTOR = "face-mesh expression pca (weight-free)"
 E_FID_WINDOW_EXTRACTOR = "mouth-window pixel pca (weight-free)"
@@ -130,14 +131,14 @@ def chance_r(mouth: np.ndarray, rms: np.ndarray) -> float:
     """Mean best-lag r of ``mouth`` against surrogates of ``rms`` (reversed, half-rolled, both)."""
     half = len(rms) // 2
     surrogates = (rms[::-1], np.roll(rms, half), np.roll(rms[::-1], half))
-    values = [sync.proxy_offset(mouth, s)[1] for s in surrogates]
+    values = [lip_sync.proxy_offset(mouth, s)[1] for s in surrogates]
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else NAN
 
 
 def _best_signal(signals: list[np.ndarray], rms: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     """(signal, offset, r) of the signal with the highest best-lag r, or None."""
-    scored = [(s, *sync.proxy_offset(s, rms)) for s in signals if np.isfinite(s).all()]
+    scored = [(s, *lip_sync.proxy_offset(s, rms)) for s in signals if np.isfinite(s).all()]
     scored = [item for item in scored if np.isfinite(item[2])]
     return max(scored, key=lambda item: item[2]) if scored else None
 
@@ -148,16 +149,16 @@ def sync_proxy(frames: np.ndarray, audio: np.ndarray, fps: float, audio_sr: int,
     ``sync_proxy_r`` (best-lag r), ``sync_proxy_conf`` (r above chance), ``sync_proxy_route``,
     and ``notes`` where it could not run. ``anchor``: the mouth window for the window route."""
     result: dict = {"sync_proxy_offset": NAN, "sync_proxy_r": NAN, "sync_proxy_conf": NAN, "sync_proxy_route": ""}
-    rms = sync.audio_rms_per_frame(audio, len(frames), audio_sr, fps)
+    rms = lip_sync.audio_rms_per_frame(audio, len(frames), audio_sr, fps)
     if rms.std() < 1e-9:
         return {**result, "notes": "sync proxy: silent audio, nothing to follow"}
-    track = sync.mouth_track(landmarks)
+    track = lip_sync.mouth_track(landmarks)
     opening = interpolated_series([None if p is None else faces.mouth_opening(p) for p in landmarks])
     if track is not None and opening is not None:
-        route, signals = MESH_ROUTE, [opening, sync.mouth_darkness(frames, *track)]
+        route, signals = MESH_ROUTE, [opening, lip_sync.mouth_darkness(frames, *track)]
     elif anchor is not None:
         centres = mouth_window.follow_mouth(frames, anchor)
-        route, signals = WINDOW_ROUTE, [sync.mouth_darkness(frames, centres, anchor.eye_distance)]
+        route, signals = WINDOW_ROUTE, [lip_sync.mouth_darkness(frames, centres, anchor.eye_distance)]
     else:
         return {**result, "notes": "sync proxy: no face found by the face mesh or the face detector"}
     best = _best_signal(signals, rms)
@@ -168,9 +169,9 @@ def sync_proxy(frames: np.ndarray, audio: np.ndarray, fps: float, audio_sr: int,
             "sync_proxy_route": route}  # fmt: skip
 
 
-def syncnet_scores(clip: ClipData) -> dict[str, float | str]:
-    """`filters.sync.syncnet_columns`: Sync-D / Sync-C / offset with weights in ``clip.settings``."""
-    return sync.syncnet_columns(clip)
+def syncnet_scores(frames: np.ndarray, audio: np.ndarray, weights: Path | None) -> dict[str, float | str]:
+    """`lip_sync.syncnet_columns`: Sync-D / Sync-C / offset (NaN and a note without ``weights``)."""
+    return lip_sync.syncnet_columns(frames, audio, weights)
 
 
 def sharpness(frames: np.ndarray) -> float:
@@ -196,15 +197,15 @@ def portrait_mouth_r(frames: np.ndarray, audio: np.ndarray, portrait: np.ndarray
     The mouth is found once, on the portrait (`mouth_window.locate_mouth`: face mesh, then face
     detector, on the portrait upscaled; else on the video's own stills), and its window stays there: the
     generated face is drawn where the portrait's face is. Each frame's darkness in that window
-    (`filters.sync.mouth_darkness`: an open mouth is dark) is correlated with the speech's RMS in that
+    (`lip_sync.mouth_darkness`: an open mouth is dark) is correlated with the speech's RMS in that
     frame (Pearson r, no lag search, so no chance floor to subtract); NaN where no face or no variation.
     Against silence or the same speech reversed in time, a model that follows the audio scores about 0.
     """
     anchor = mouth_window.locate_mouth(frames, portrait)
-    rms = sync.audio_rms_per_frame(audio, len(frames), audio_sr, fps)
+    rms = lip_sync.audio_rms_per_frame(audio, len(frames), audio_sr, fps)
     if anchor is None or rms.std() < 1e-9:
         return NAN
-    darkness = sync.mouth_darkness(frames, np.repeat(np.array(anchor.centre)[None], len(frames), 0),
+    darkness = lip_sync.mouth_darkness(frames, np.repeat(np.array(anchor.centre)[None], len(frames), 0),
                                    anchor.eye_distance)  # fmt: skip
     if not np.isfinite(darkness).all() or darkness.std() < 1e-9:
         return NAN

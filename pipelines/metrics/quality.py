@@ -1,4 +1,5 @@
-"""Image quality: a pyiqa metric read from pyiqa's local cache, sharpness, and OpenCV BRISQUE.
+"""Image quality measurements shared by curation (`filters.image_quality`) and `fada eval`: a pyiqa
+metric read from pyiqa's local cache, sharpness, and OpenCV BRISQUE.
 
 - ``iqa`` / ``iqa_metric``: the pyiqa metric named in the settings, only when its weight file is
   already in pyiqa's cache (``$TORCH_HOME/hub/pyiqa``); otherwise NaN and the reason — nothing is
@@ -24,10 +25,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from filters.base import NAN, ClipData
-
-NAME = "quality"
-COLUMNS = ("iqa", "iqa_metric", "sharpness", "brisque")
 FRAME_STEP = 5  # score every n-th frame
 BRISQUE_FILES = ("brisque_model_live.yml", "brisque_range_live.yml")
 # pyiqa 0.1.16's no-reference metrics that need no downloaded file. PIQE (Venkatanath et al., NCC
@@ -154,25 +151,3 @@ def brisque_model_dir() -> Path | None:
     if not folder or not hasattr(cv2, "quality"):
         return None
     return Path(folder) if all((Path(folder) / name).is_file() for name in BRISQUE_FILES) else None
-
-
-def score(clip: ClipData) -> dict[str, float | str]:
-    frames = clip.frames[::FRAME_STEP]
-    notes = []
-    result: dict[str, float | str] = {"sharpness": laplacian_sharpness(frames), "iqa": NAN, "brisque": NAN}
-    metric = clip.settings.iqa_metric
-    result["iqa_metric"] = metric or ""
-    problem = pyiqa_weights_problem(metric) if metric else "iqa: no --iqa-metric chosen"
-    if problem is None:
-        try:
-            result["iqa"] = pyiqa_score(frames, metric)
-        except (RuntimeError, OSError, ValueError) as exc:  # weights present but unusable
-            problem = f"iqa: {metric} failed ({' '.join(str(exc).split())[:160]})"
-    if problem:
-        notes.append(problem)
-    folder = brisque_model_dir()
-    if folder is not None:
-        model, ranges = (str(folder / name) for name in BRISQUE_FILES)
-        values = [cv2.quality.QualityBRISQUE_compute(f[:, :, ::-1].copy(), model, ranges)[0] for f in frames]
-        result["brisque"] = float(np.mean(values))
-    return {**result, "notes": "; ".join(notes)} if notes else result
