@@ -31,8 +31,8 @@ def demo_table(summary: dict) -> Table:
     first = next(iter(summary["modes"].values()))
     if first.get("identity_psnr16_ceiling") is not None:
         lines.append(
-            f"identity: PSNR at 16×16 against the portrait, as a fraction from the nearest other face "
-            f"({first['identity_psnr16_floor']:.1f} dB) to the real clip ({first['identity_psnr16_ceiling']:.1f} dB)"
+            f"identity: 16×16 PSNR against the portrait, 0 = the nearest other face "
+            f"({first['identity_psnr16_floor']:.1f} dB), 1 = the real clip ({first['identity_psnr16_ceiling']:.1f} dB)"
         )
     lines.append("mouth r: mouth darkness vs speech energy; r rev: the same, driven by the speech reversed")
     lines.append("sync, E-FID: weight-free proxies")

@@ -81,7 +81,7 @@ def test_demo_table_shows_every_metric_and_the_route():
     text = console.export_text()
     assert "PIQE↓" in text and "0.05" in text and "0.178" in text and "83" in text
     assert "0.81" in text and "4.3" in text and "0.63" in text and "-0.12" in text
-    assert "proxies read the face by mouth window" in text and "(21.5 dB) to the real clip (33.2 dB)" in text
+    assert "proxies read the face by mouth window" in text and "(21.5 dB), 1 = the real clip (33.2 dB)" in text
     assert "teacher: targets missed: face_rate" in text and "fast: every target met" in text
     assert text.count("—") == 1  # the fast row's missing PIQE
 
