@@ -204,6 +204,22 @@ VARIANTS = {
             identity_augment=0.8,
         ),  # fmt: skip
         Variant(
+            "res-v-at-motion-a1-3e-4",
+            "res-v-at-motion-3e-4 with α 1",
+            loss_weighting="v",
+            lr=3e-4,
+            model={"prediction_type": "reference_residual", "audio_time_embedding": True},
+            motion_loss_weight=1.0,
+        ),  # fmt: skip
+        Variant(
+            "res-v-at-motion-a2-3e-4",
+            "res-v-at-motion-3e-4 with α 2",
+            loss_weighting="v",
+            lr=3e-4,
+            model={"prediction_type": "reference_residual", "audio_time_embedding": True},
+            motion_loss_weight=2.0,
+        ),  # fmt: skip
+        Variant(
             "concat-v",
             "image → video, v weighting, lr 1e-3, reference concatenated to the input",
             ("image", "video"),
