@@ -99,7 +99,12 @@ class DemoConfig:
     eval_clips: int = 1  # held-out clips generated and evaluated per mode
     eval_seconds: float = 3.0  # seconds of each held-out clip's speech generated (fewer on a slow machine)
     generate_steps: int | None = None  # teacher DDIM steps (None: 25 → NFE 75, fewer on a slow machine)
+    cfg_audio: float | None = None  # audio guidance scale of every mode's videos (None: generate's default)
+    cfg_ref: float | None = None  # reference guidance scale of every mode's videos (None: generate's default)
+    distill_cfg_audio_range: tuple[float, float] = (1.0, 10.0)  # the fast student's training scales (cfg_a)
+    distill_cfg_ref_range: tuple[float, float] = (1.0, 3.0)  # and (cfg_r), drawn per sample
     distill_lr: float = 1e-4  # AdamW learning rate of both students (short runs: larger than distill's default)
+    distill_batch_size: int = 2  # clip windows per distillation step
     distill_probe_steps: int = 2  # distillation steps timed per student before its budget is set
     distill_solver_steps: int = 5  # teacher DDIM steps per PeRFlow window (distill's default 10 costs twice as much)
     threads: int = 1  # torch threads per process (the second core goes to a second process)
@@ -245,8 +250,10 @@ def distill_student(out: Path, teacher: Path, mode: str, deadline: float, config
     ``deadline`` (seconds since the epoch, so that a student in another process keeps the same clock)."""
     student = out / "students" / mode
     probe_steps = config.distill_probe_steps
-    options = dict(mode=mode, steps=probe_steps, batch_size=config.batch_size, lr=config.distill_lr,
-                   solver_steps=config.distill_solver_steps, seed=config.seed, checkpoint_every=10**6)  # fmt: skip
+    options = dict(mode=mode, steps=probe_steps, batch_size=config.distill_batch_size, lr=config.distill_lr,
+                   solver_steps=config.distill_solver_steps, seed=config.seed, checkpoint_every=10**6,
+                   cfg_audio_range=config.distill_cfg_audio_range,
+                   cfg_ref_range=config.distill_cfg_ref_range)  # fmt: skip
     manifest = out / "curated" / "distill.parquet"
     result = fit(DistillStage(teacher), manifest, student, overrides=options, device=device, quiet=quiet)
     step_s = median_step_seconds(student)
@@ -405,9 +412,14 @@ def generation_plan(split: DemoSplit, out: Path, config: DemoConfig, deadline: f
                     quiet: bool) -> GenerationPlan:  # fmt: skip
     """What generating and evaluating every mode will cost, from timing one video of an untrained model of
     the preset (its cost does not depend on the weights), and the videos that fit (`plan_generation`)."""
+    from pipelines.media import AUDIO_SR, VIDEO_FPS, read_audio, write_audio
+
     checkpoint = fresh_teacher(out / "probe" / "fresh", config)
-    probe = time_generation(checkpoint, split.clips[0], out / "probe", device, quiet)
-    probe_seconds = split.held_frames / len(split.clips) / 25.0
+    # the probe videos are 2 clips long (the cost grows with the clips, not with anything else of the speech)
+    probe_seconds = 2 * get_preset(config.preset).frames_per_clip / VIDEO_FPS
+    speech = out / "probe" / "speech.wav"
+    write_audio(speech, read_audio(split.clips[0].audio)[: int(round(probe_seconds * AUDIO_SR))])
+    probe = time_generation(checkpoint, replace(split.clips[0], audio=speech), out / "probe", device, quiet)
     # eval reads the generated and the reference video per mode, and both videos' frames again for the mouth
     eval_s = 9 * split.curate_s_per_frame * split.held_frames / len(split.clips)
     plan = plan_generation(probe, probe_seconds, eval_s, len(split.clips), deadline - time.time(), config)
@@ -525,7 +537,8 @@ def generate_and_evaluate(out: Path, split: DemoSplit, checkpoints: dict[str, Pa
     jobs = []
     for mode, checkpoint in checkpoints.items():  # the teacher first: its job is the longest
         steps = plan.teacher_steps if mode == "teacher" else None  # students: their own 6 steps
-        gen_config = GenerateConfig(steps=steps, seed=config.seed, crop=False)
+        scales = {k: v for k, v in (("cfg_audio", config.cfg_audio), ("cfg_ref", config.cfg_ref)) if v is not None}
+        gen_config = GenerateConfig(steps=steps, seed=config.seed, crop=False, **scales)
         jobs.append((generate_mode, (mode, checkpoint, speech, reverse, out, split.held_out, gen_config, device,
                                      quiet or config.parallel)))  # fmt: skip
     log(f"generating and evaluating {', '.join(checkpoints)}", quiet=quiet)
