@@ -25,7 +25,7 @@ def demo_table(summary: dict) -> Table:
     targets met, and how the proxies read the face (face mesh or mouth window) in each mode.
     """
     stages = summary["teacher"]["stages"]
-    steps = f"teacher {stages['image']['steps']} image + {stages['video']['steps']} video steps"
+    steps = "teacher " + " + ".join(f"{row['steps']} {stage}" for stage, row in stages.items()) + " steps"
     routes = {mode: row.get("routes", {}).get("sync_proxy", "—") for mode, row in summary["modes"].items()}
     lines = []
     first = next(iter(summary["modes"].values()))

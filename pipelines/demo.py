@@ -2,11 +2,11 @@
 
 1. demo-data: synthetic talking portraits with known ground truth (`pipelines.demo_data`);
 2. curate: score and tier them (`pipelines.curate`); the last identity is held out of training;
-3. train-teacher on the tier-A clips of the other identities in two stages (DESIGN §3b): the
-   image stage (single frames, reference net + denoising net), then the video stage (the audio path and
-   the temporal layers on F-frame windows). A few probe steps time each stage, then each resumes up to
-   the steps its share of the minutes left pays for (`DemoConfig.image_share`). Whatever the probes
-   say, the teacher keeps at least `DemoConfig.teacher_min_share` of the whole budget;
+3. train-teacher on the tier-A clips of the other identities: one joint stage, or the paper's two
+   (DESIGN §3b: the image stage, then the video stage started from it) when `DemoConfig.image_share`
+   is above 0. A few probe steps time each stage, then each resumes up to the steps its share of the
+   minutes left pays for. Whatever the probes say, the teacher keeps at least
+   `DemoConfig.teacher_min_share` of the whole budget;
 4. distill the trained teacher on the tier-A and B clips of the same identities into a fast (6 NFE)
    and a balanced (18 NFE) student, each the same way: probe steps, then resume up to the time left.
    With `DemoConfig.parallel` both run at once, one process and one thread each;
@@ -89,11 +89,13 @@ class DemoConfig:
     batch_size: int = 2  # clip windows per training step (video stage and students)
     # the teacher recipe, chosen by bench/teacher_recipe.py (bench/results/teacher_recipe.md)
     image_share: float = 0.7  # of the teacher's time, spent in the image stage; the video stage gets the rest
+    # (0: one joint stage — audio, motion and the reference learnt together from the first step)
     image_batch_size: int = 8  # single frames per image-stage step
     teacher_lr: float = 1e-3  # AdamW learning rate of both teacher stages
     loss_weighting: str = "v"  # teacher loss weighting (`pipelines.train_teacher.loss_weights`)
     teacher_ema: float = 0.0  # EMA decay of the teacher's weights (0 = off)
     identity_augment: float = 0.0  # probability of `data.identity_transform` per teacher training window
+    motion_loss_weight: float = 0.0  # α of the teacher's `train_teacher.motion_weights` (0: the plain loss)
     teacher_min_share: float = 0.5  # of the whole budget, the least the teacher trains, whatever the probes say
     student_min_share: float = 0.1  # of the whole budget, what generation leaves the students at least
     eval_clips: int = 1  # held-out clips generated and evaluated per mode
@@ -114,8 +116,10 @@ class DemoConfig:
         if self.preset not in PRESETS:
             choices = ", ".join(PRESETS)
             raise UsageError(f"`preset` {self.preset!r} is not valid for the CPU demo; use one of {choices}.")
-        if not 0.0 < self.image_share < 1.0:
-            raise UsageError(f"image_share {self.image_share} is not valid; use a fraction between 0 and 1.")
+        if not 0.0 <= self.image_share < 1.0:
+            raise UsageError(
+                f"`image_share` {self.image_share} is not valid; use a fraction in [0, 1) (0: one joint stage)."
+            )
         if not (math.isfinite(self.minutes) and self.minutes >= 1):
             raise UsageError(f"`minutes` {self.minutes} is not valid; use 1 or more (15 runs the default demo).")
         if not 0.0 <= self.teacher_min_share + self.student_min_share <= 1.0:
@@ -346,10 +350,11 @@ def teacher_options(config: DemoConfig) -> dict[str, dict]:
     `training.fit` resolves, as it does `fada train-teacher`'s options (``--preset`` is ``config.preset``)."""
     common = dict(steps=config.probe_steps, lr=config.teacher_lr, loss_weighting=config.loss_weighting,
                   ema=config.teacher_ema, seed=config.seed, checkpoint_every=10**6,
-                  identity_augment=config.identity_augment)  # fmt: skip
+                  identity_augment=config.identity_augment, motion_loss_weight=config.motion_loss_weight)  # fmt: skip
     return {
         "image": {"stage": "image", "batch_size": config.image_batch_size, **common},
         "video": {"stage": "video", "batch_size": config.batch_size, **common},
+        "joint": {"stage": "joint", "batch_size": config.batch_size, **common},
     }
 
 
@@ -363,49 +368,47 @@ def teacher_seconds(config: DemoConfig, available_s: float) -> float:
 
 def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadline: float, reserve_s: float,
                          device, quiet: bool) -> tuple[Path, dict]:  # fmt: skip
-    """3. The two teacher stages into ``out/teacher/image`` and ``out/teacher/video``.
+    """3. The teacher: one joint stage into ``out/teacher/joint`` (``image_share`` 0), or the two stages
+    into ``out/teacher/image`` and ``out/teacher/video``.
 
-    Each stage is probed (a few timed steps), then the image stage resumes up to its share of the
-    teacher's time (`teacher_seconds` of what is left before ``deadline`` after ``reserve_s``) and
-    the video stage, started from it, up to the rest.
+    Each stage is probed (a few timed steps), then resumes up to its share of the teacher's time
+    (`teacher_seconds` of what is left before ``deadline`` after ``reserve_s``): the image stage
+    ``image_share`` of it, the video stage, started from it, the rest.
     """
     began = time.time()
     options = teacher_options(config)
-    image, video = out / "teacher" / "image", out / "teacher" / "video"
+    stages = ("image", "video") if config.image_share > 0 else ("joint",)
+    folders = {stage: out / "teacher" / stage for stage in stages}
 
-    def train(folder: Path, stage: str, steps: int | None = None, **how) -> FitResult:
+    def train(stage: str, steps: int | None = None, **how) -> FitResult:
         overrides = options[stage] if steps is None else options[stage] | {"steps": steps}
-        return fit(TeacherStage(), split.train, folder, preset=config.preset, overrides=overrides, device=device,
-                   quiet=quiet, **how)  # fmt: skip
+        return fit(TeacherStage(), split.train, folders[stage], preset=config.preset, overrides=overrides,
+                   device=device, quiet=quiet, **how)  # fmt: skip
 
-    train(image, "image")
-    train(video, "video", init_from=image)
-    step_s = {"image": median_step_seconds(image), "video": median_step_seconds(video)}
+    for i, stage in enumerate(stages):  # the probes; the video stage's starts from the image stage's probe
+        train(stage, init_from=folders[stages[0]] if i else None)
+    step_s = {stage: median_step_seconds(folders[stage]) for stage in stages}
     teacher_s = teacher_seconds(config, deadline - began - reserve_s) - (time.time() - began)
-    image_steps = config.probe_steps + plan_training_steps(
-        config.image_share * teacher_s, 0.0, step_s["image"], 0.0, config.min_steps, config.max_steps
-    )
-    log(f"teacher: {teacher_s:.0f} s; image stage {step_s['image']:.2f} s/step → {image_steps} steps", quiet=quiet)
-    result = train(image, "image", image_steps, resume=True)
-    # the video stage restarts from the finished image stage: the probe only timed it
-    left_s = teacher_s * (1 - config.image_share)
-    video_steps = plan_training_steps(left_s, 0.0, step_s["video"], 0.0, config.min_steps, config.max_steps)
-    log(f"teacher: video stage {step_s['video']:.2f} s/step → {video_steps} steps", quiet=quiet)
-    video_result = train(video, "video", video_steps, init_from=image, overwrite=True)
+    shares = {"image": config.image_share, "video": 1 - config.image_share, "joint": 1.0}
+    results = {}
+    for i, stage in enumerate(stages):
+        steps = plan_training_steps(shares[stage] * teacher_s, 0.0, step_s[stage], 0.0, config.min_steps,
+                                    config.max_steps)  # fmt: skip
+        if stage != "video":  # the video stage restarts from the finished image stage: its probe only timed it
+            steps += config.probe_steps
+        log(f"teacher: {stage} stage {step_s[stage]:.2f} s/step → {steps} steps", quiet=quiet)
+        how = {"init_from": folders[stages[0]], "overwrite": True} if i else {"resume": True}
+        results[stage] = train(stage, steps, **how)
     summary = {
-        "checkpoint": str(video),
+        "checkpoint": str(folders[stages[-1]]),
         "seconds": time.time() - began,
         "stages": {
-            "image": {"steps": result.steps, "final_loss": result.final_loss, "seconds_per_step": step_s["image"]},
-            "video": {
-                "steps": video_result.steps,
-                "final_loss": video_result.final_loss,
-                "seconds_per_step": step_s["video"],
-            },
+            stage: {"steps": result.steps, "final_loss": result.final_loss, "seconds_per_step": step_s[stage]}
+            for stage, result in results.items()
         },  # fmt: skip
-        "steps": result.steps + video_result.steps,
+        "steps": sum(result.steps for result in results.values()),
     }
-    return video, summary
+    return folders[stages[-1]], summary
 
 
 def generation_plan(split: DemoSplit, out: Path, config: DemoConfig, deadline: float, device,
