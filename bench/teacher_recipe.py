@@ -43,6 +43,7 @@ EVAL_WINDOWS = 4
 FACE_SIZE = 256  # frames are upscaled to this side before face detection
 CURVE_SECONDS = 2.0  # speech of the curve video (face rate, identity, mouth r)
 CURVE_STEPS = 10  # DDIM steps of the curve videos (the final r videos too)
+GUIDANCE = {"cfg_audio": 6.5, "cfg_ref": 2.5}  # the teacher videos' CFG scales (--cfg-audio, --cfg-ref)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,15 @@ VARIANTS = {
             motion_loss_weight=2.0,
         ),  # fmt: skip
         Variant(
+            "res-v-at-motion-a2-3e-4-aug",
+            "res-v-at-motion-a2-3e-4 + identity augmentation (p 0.8)",
+            loss_weighting="v",
+            lr=3e-4,
+            model={"prediction_type": "reference_residual", "audio_time_embedding": True},
+            motion_loss_weight=2.0,
+            identity_augment=0.8,
+        ),  # fmt: skip
+        Variant(
             "concat-v",
             "image → video, v weighting, lr 1e-3, reference concatenated to the input",
             ("image", "video"),
@@ -373,8 +383,8 @@ def teacher_video(checkpoint: Path, data: dict, speech: Path, out: Path):
     from pipelines.media import read_video
     from pipelines.pipeline import generate
 
-    generate(checkpoint, data["portrait"], speech, out, GenerateConfig(steps=CURVE_STEPS, crop=False), "cpu", "fp32",
-             quiet=True)  # fmt: skip
+    generate(checkpoint, data["portrait"], speech, out, GenerateConfig(steps=CURVE_STEPS, crop=False, **GUIDANCE),
+             "cpu", "fp32", quiet=True)  # fmt: skip
     return read_video(out)[0]
 
 
@@ -463,7 +473,7 @@ def run_variant(variant: Variant, work: Path, data: dict, minutes: float, eval_e
                 break
             steps, resume = steps + chunk, True
         previous = out
-    record({"final": True, "cpu_minutes": spent / 60, **mouth_r(previous, data, folder)})
+    record({"final": True, "cpu_minutes": spent / 60, **GUIDANCE, **mouth_r(previous, data, folder)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,7 +494,7 @@ def minutes_to_face(points: list[dict], threshold: float = 0.9) -> float | None:
     return min(hits) if hits else None
 
 
-def report(work: Path, data: dict) -> None:
+def report(work: Path, data: dict, name: str = "teacher_recipe") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -522,8 +532,8 @@ def report(work: Path, data: dict) -> None:
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
-    fig.savefig(RESULTS / "teacher_recipe.png", dpi=110)
-    (RESULTS / "teacher_recipe.json").write_text(json.dumps({"data": data, "rows": rows, "curves": curves},
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"data": data, "rows": rows, "curves": curves},
                                                             indent=2) + "\n")  # fmt: skip
 
     def fmt(value, spec):
@@ -532,7 +542,9 @@ def report(work: Path, data: dict) -> None:
     lines = [
         "# Teacher recipes on the demo data (`bench/teacher_recipe.py`)",
         "",
-        f"Demo preset, demo data (held-out {data['held_identity']}), one CPU thread per variant, seed 0. "
+        f"Demo preset, demo data (held-out {data['held_identity']}), one CPU thread per variant, seed 0; teacher "
+        f"videos: {CURVE_STEPS} DDIM steps at CFG audio {GUIDANCE['cfg_audio']:g} / reference "
+        f"{GUIDANCE['cfg_ref']:g}. "
         f"Face rate of the real held-out clip: {data['real_face_rate']:.2f}. Minutes to a face: first curve "
         "point with face rate ≥ 0.9. Identity: `identity_psnr16` of the generated frames against the portrait "
         "as a fraction of the way from the floor (the nearest training identity's portrait, "
@@ -555,7 +567,7 @@ def report(work: Path, data: dict) -> None:
             f" | {fmt(r['colour_de_3s'], '.1f')} | {fmt(r['r_speech'], '.2f')}"
             f" | {fmt(r['r_silence'], '.2f')} | {fmt(r['r_reversed'], '.2f')} |"
         )
-    (RESULTS / "teacher_recipe.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -566,10 +578,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=float, default=1.5, help="CPU minutes between curve points")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
     parser.add_argument("--jobs", type=int, default=2, help="variants run at once (one thread each)")
+    parser.add_argument("--cfg-audio", type=float, default=GUIDANCE["cfg_audio"], help="teacher videos' audio CFG")
+    parser.add_argument("--cfg-ref", type=float, default=GUIDANCE["cfg_ref"], help="teacher videos' reference CFG")
+    parser.add_argument("--name", default="teacher_recipe", help="file name of the results in bench/results/")
     parser.add_argument("--run-variant", help=argparse.SUPPRESS)
     parser.add_argument("--report", action="store_true", help="only write the table and curves")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    GUIDANCE.update(cfg_audio=args.cfg_audio, cfg_ref=args.cfg_ref)
     data = prepare(args.work)
     if args.run_variant:
         run_variant(VARIANTS[args.run_variant], args.work, data, args.minutes, args.eval_every)
@@ -587,13 +603,14 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(5)
                 running = [p for p in running if p.poll() is None]
             command = [sys.executable, __file__, "--work", str(args.work), "--minutes", str(args.minutes),
-                       "--eval-every", str(args.eval_every), "--run-variant", name]  # fmt: skip
+                       "--eval-every", str(args.eval_every), "--cfg-audio", str(args.cfg_audio), "--cfg-ref",
+                       str(args.cfg_ref), "--run-variant", name]  # fmt: skip
             log = (args.work / f"{name}.log").open("w")
             running.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
             print(f"started {name}", flush=True)
         for process in running:
             process.wait()
-    report(args.work, data)
+    report(args.work, data, args.name)
 
 
 if __name__ == "__main__":
