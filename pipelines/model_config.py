@@ -10,7 +10,11 @@ Presets:
 - `demo`: the CPU end-to-end demo; 64×64 pixel space (a face crop at 64 px still shows a mouth of
   ~10 px that opens and closes), three levels (16, 32, 64) with attention (reference, audio,
   temporal) only at the 16×16 level and the mid block: attention at 32×32 made a CPU forward 2.5×
-  slower (it is quadratic in tokens and the reference adds (1+M)× keys); F=8, M=2.
+  slower (it is quadratic in tokens and the reference adds (1+M)× keys); F=8, M=2. Two departures
+  from the paper, which its short CPU runs need (`bench/results/teacher_recipe.md`): the denoising
+  net predicts the residual from the reference (``reference_residual``: the portrait in its own
+  colours from the first step), and the audio also shifts the timestep embedding
+  (``audio_time_embedding``: the mouth follows the speech within minutes).
 - `sd15`: the paper's scale; 512² images as SD1.5 VAE latents (4×64×64), SD1.5 UNet sizes,
   cross-attention width 768, F=16, M=4.
 """
@@ -182,6 +186,9 @@ PRESETS: dict[str, ModelConfig] = {
         audio_feature_dim=80,
         audio_tokens=4,
         audio_hidden_dim=128,
+        # DESIGN §3c: the demo's departures from the paper, chosen by bench/teacher_recipe.py (off at sd15)
+        prediction_type="reference_residual",
+        audio_time_embedding=True,
     ),
     "sd15": ModelConfig(
         preset="sd15",
