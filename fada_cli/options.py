@@ -146,6 +146,7 @@ FLAGS = {
     "seed": "--seed", "mixed_precision": "--mixed-precision", "lr_schedule": "--lr-schedule",
     "gradient_checkpointing": "--gradient-checkpointing", "optimizer": "--optimizer", "num_workers": "--num-workers",
     "latent_cache": "--cache-latents", "loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma",
+    "motion_loss_weight": "--motion-loss-weight", "identity_augment": "--identity-augment",
     "stage": "--stage", "video_trainable": "--video-trainable", "mode": "--mode", "windows": "--windows",
     "solver_steps": "--solver-steps", "gt_weight": "--gt-weight", "cfg_conditioning": "--cfg-conditioning",
     "cfg_audio_range": "--cfg-audio-range", "cfg_ref_range": "--cfg-ref-range", "manifest": "--manifest",

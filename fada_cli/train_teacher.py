@@ -86,6 +86,22 @@ def command(
         ),
     ] = None,
     snr_gamma: Annotated[float | None, Opt("--snr-gamma", help="γ of --loss-weighting min-snr \\[5].")] = None,
+    motion_loss_weight: Annotated[
+        float | None,
+        Opt(
+            "--motion-loss-weight",
+            help="α: pixels that change across a window's frames (the mouth) weigh up to 1 + α·(their change / "
+            "the mean change) in the loss; the demo uses 2 \\[0: plain].",
+        ),
+    ] = None,
+    identity_augment: Annotated[
+        float | None,
+        Opt(
+            "--identity-augment",
+            help="Probability that a window gets one random colour/flip/shift change, the same on its target, "
+            "reference and motion frames, so that identities' colours cannot be memorised \\[0].",
+        ),
+    ] = None,
     lr_schedule: LrScheduleOption = None,
     warmup_steps: WarmupStepsOption = None,
     gradient_checkpointing: GradientCheckpointingOption = None,
@@ -137,6 +153,7 @@ def command(
 
     overrides = given(tiers=tier_list(tier), steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum, ema=ema,
                       checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting, snr_gamma=snr_gamma,
+                      motion_loss_weight=motion_loss_weight, identity_augment=identity_augment,
                       stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
                       gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, num_workers=num_workers,
                       latent_cache=cache_latents, mixed_precision=dtype)  # fmt: skip

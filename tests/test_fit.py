@@ -99,14 +99,15 @@ def test_fit_trains_a_stage_defined_outside_the_library(manifest, tmp_path):
 
 
 def test_demo_teacher_and_train_teacher_resolve_the_same_config(manifest, tmp_path):
-    """The demo's image stage and `fada train-teacher` with the same options train with the same configs."""
+    """The demo's teacher stage and `fada train-teacher` with the same options train with the same configs."""
     demo = DemoConfig(preset="tiny", seed=4)
-    options = teacher_options(demo)["image"] | {"steps": 1}
+    options = teacher_options(demo)["joint"] | {"steps": 1}
     out = tmp_path / "cli"
-    flags = ["--stage", "image", "--batch-size", str(options["batch_size"]), "--lr", str(options["lr"]),
+    flags = ["--stage", "joint", "--batch-size", str(options["batch_size"]), "--lr", str(options["lr"]),
              "--loss-weighting", options["loss_weighting"], "--ema", str(options["ema"]),
              "--seed", str(options["seed"]), "--checkpoint-every", str(options["checkpoint_every"]),
-             "--steps", "1"]  # fmt: skip
+             "--motion-loss-weight", str(options["motion_loss_weight"]),
+             "--identity-augment", str(options["identity_augment"]), "--steps", "1"]  # fmt: skip
     args = ["train-teacher", "--manifest", str(manifest), "--out", str(out), "--preset", demo.preset, *flags]
     result = runner.invoke(app, [*args, "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
