@@ -227,13 +227,15 @@ def plan_generation(probe: tuple[float, float], probe_seconds: float, eval_s: fl
     cap = left_s - (config.teacher_min_share + config.student_min_share) * 60.0 * config.minutes
     most = config.generate_steps or TEACHER_STEP_LADDER[0]
     steps_tried = [most] + [s for s in TEACHER_STEP_LADDER if s < most]
-    seconds_tried = [config.eval_seconds] + ([SHORT_SECONDS] if config.eval_seconds > SHORT_SECONDS else [])
+    short = min(config.eval_seconds, SHORT_SECONDS)
+    # fewer teacher steps first (down to 10), then shorter videos, then the fewest steps
+    tried = [(steps, config.eval_seconds) for steps in steps_tried if steps >= 10 or steps == most]
+    tried += [(steps, short) for steps in steps_tried if (steps, short) not in tried]
     plans = [
         GenerationPlan(
             steps, seconds, clips * generation_seconds(overhead_s, step_s, probe_seconds, seconds, steps, eval_s)
         )  # fmt: skip
-        for seconds in seconds_tried
-        for steps in steps_tried
+        for steps, seconds in tried
     ]
     return next((plan for plan in plans if plan.reserve_s <= cap), plans[-1])
 

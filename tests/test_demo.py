@@ -143,3 +143,19 @@ def test_demo_end_to_end_tiny(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "teacher" in result.stdout and "contact sheet" in result.stdout
+
+
+def test_a_slow_machine_gets_shorter_videos_and_fewer_teacher_steps_not_a_worse_teacher():
+    from pipelines.demo import plan_generation, teacher_seconds
+
+    config = DemoConfig()  # 15 minutes: the teacher keeps >= 450 s, the students >= 90 s
+    probe = (0.3, 1.2)  # per 2-clip probe video: 0.3 s overhead, 1.2 s per three-branch step
+    fast = plan_generation(probe, 0.64, 5.0, 1, 2000.0, config)
+    assert (fast.teacher_steps, fast.seconds) == (25, 3.0)
+    slow = plan_generation(probe, 0.64, 5.0, 1, 800.0, config)
+    assert slow.teacher_steps < 25 and slow.reserve_s <= 800.0 - 540.0 < fast.reserve_s
+    slower = plan_generation((0.6, 2.4), 0.64, 10.0, 1, 800.0, config)  # twice as slow: shorter videos too
+    assert slower.seconds == 2.0 and slower.teacher_steps <= slow.teacher_steps
+    # whatever generation costs, the teacher trains at least half the budget
+    assert teacher_seconds(config, available_s=100.0) == 450.0
+    assert teacher_seconds(config, available_s=800.0) == 560.0  # 70 % of what is left
