@@ -59,6 +59,7 @@ STAGES = [
     (motion, "head_motion", "head motion (ECC)"),
     (sync, "_proxy", "sync search (proxy)"),
     (quality, "laplacian_sharpness", "sharpness"),
+    (quality, "brisque", "brisque (iqa)"),
     (quality, "pyiqa_weights_problem", "iqa check (pyiqa import)"),
     (media, "write_video", "encode"),
     (curate.shutil, "copyfile", "encode"),
