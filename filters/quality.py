@@ -165,6 +165,16 @@ def load_pyiqa(metric: str, device: str = "cpu"):
         return pyiqa.create_metric(metric, device=device)
 
 
+def learned_iqa_load_problem(metric: str, device: str = "cpu") -> str | None:
+    """Why a learned IQA ``metric`` whose weights are local still cannot be built (None: it is built
+    and kept, `load_pyiqa`'s cache)."""
+    try:
+        load_pyiqa(metric, device)
+    except Exception as exc:  # third-party model code (pyiqa's mPLUG-Owl2 copy …) under this environment: report it
+        return f"its weights are local but pyiqa could not build {metric} ({type(exc).__name__}: {str(exc)[:160]})"
+    return None
+
+
 def pyiqa_score(frames: np.ndarray, metric: str, device: str = "cpu") -> float:
     """Mean of pyiqa ``metric`` over ``frames`` (T, H, W, 3) uint8; Q-Align takes one frame per call."""
     import torch

@@ -169,6 +169,8 @@ def load_extractors(config: EvalConfig) -> LoadedExtractors:
     }
     syncnet = extractors.load_syncnet(config.syncnet_weights) if config.syncnet_weights is not None else None
     problem = quality.learned_iqa_problem(config.iqa_metric) if config.iqa_metric else "--iqa-metric none"
+    if problem is None:  # built once here, on the extractors' device
+        problem = quality.learned_iqa_load_problem(config.iqa_metric, str(device))
     return LoadedExtractors(torchscript, syncnet, problem, quality.lpips_weights_problem())
 
 

@@ -107,6 +107,49 @@ def test_cli_eval_reports_every_metric(sets, no_network, monkeypatch):
     assert per_video.loc[per_video["set"] == "generated", "nfe"].tolist() == [18.0, 18.0]
 
 
+def fake_qalign_cache(folder):
+    """A Hugging Face cache holding a complete (empty-file) `q-future/one-align` snapshot."""
+    snapshot = folder / "models--q-future--one-align" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_text("{}")
+
+
+def test_qalign_row_when_its_weights_are_cached(sets, tmp_path, monkeypatch, no_network):
+    """The learned row's plumbing with Q-Align's weights "cached" and pyiqa's model replaced by a stub
+    (the real one is an 8 B-parameter download): one frame per call, every 5th frame, its own row."""
+    fake_qalign_cache(tmp_path / "hf")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    calls = []
+
+    def stub(images):  # pyiqa's qalign: (1, 3, H, W) in [0, 1] → a 1–5 score
+        calls.append(tuple(images.shape))
+        return torch.full((1,), 1.0 + 4.0 * float(images.mean()))
+
+    real_load = quality.load_pyiqa
+    monkeypatch.setattr(quality, "load_pyiqa", lambda metric, device="cpu": stub if metric == "qalign" else
+                        real_load(metric, device))  # fmt: skip
+    report = evaluate(sets["gen"], sets["ref"], tmp_path / "out", EvalConfig(), quiet=True)
+    row = {m.name: m for m in report.metrics}["qalign"]
+    assert (row.status, row.better, row.n, row.extractor) == ("ok", "higher", 2, "pyiqa qalign (local cache)")
+    assert 1.0 < row.value < 5.0 and row.value == pytest.approx(row.reference_value)  # generated = reference copies
+    assert len(calls) == 4 * 10 and set(calls) == {(1, 3, 64, 64)}  # 4 videos × every 5th of 50 frames, own size
+    assert report.per_video["qalign"].notna().all() and no_network == []
+
+    # weights present but pyiqa cannot build the model here: unavailable with the reason, not an error
+    def broken_load(metric, device="cpu"):
+        if metric == "qalign":
+            raise TypeError("unexpected keyword")
+        return real_load(metric, device)
+
+    monkeypatch.setattr(quality, "load_pyiqa", broken_load)
+    report = evaluate(sets["gen"], sets["ref"], tmp_path / "out2", EvalConfig(), quiet=True)
+    row = {m.name: m for m in report.metrics}["qalign"]
+    assert row.status == "unavailable" and "pyiqa could not build qalign (TypeError" in row.note
+
+
 def test_metrics_table_shows_status_and_enabling_option():
     metrics = [
         MetricResult(name="fid", status="ok", value=12.5, reference_value=None, n=100, n_reference=90, unit="frames",
