@@ -19,7 +19,8 @@ def _format(value: float | None, spec: str) -> str:
 
 def demo_table(summary: dict) -> Table:
     """One row per mode: NFE, s per video s, speed-up, face rate, identity, mouth r (speech / reversed),
-    sync / E-FID proxies, PIQE.
+    sync / E-FID proxies, IQA (BRISQUE).
+
 
     The caption gives the identity anchors (the real clip's ceiling, the nearest other face's floor), the
     targets met, and how the proxies read the face (face mesh or mouth window) in each mode.
@@ -46,7 +47,7 @@ def demo_table(summary: dict) -> Table:
     ))  # fmt: skip
     table = Table(title=f"fada demo ({summary['model_preset']} preset, {steps})", caption="\n".join(lines))
     for name in ("mode", "NFE", "s/vid s", "speed-up", "face↑", "identity↑", "ΔE↓", "mouth r↑", "r rev",
-                 "sync↑", "E-FID↓", "PIQE↓"):  # fmt: skip
+                 "sync↑", "E-FID↓", "BRISQUE↓"):  # fmt: skip
         table.add_column(name, justify="left" if name == "mode" else "right", min_width=8 if name == "mode" else None)
     for mode, row in summary["modes"].items():
         table.add_row(
@@ -61,7 +62,8 @@ def demo_table(summary: dict) -> Table:
             _format(row.get("mouth_r_reversed"), ".2f"),
             _format(row["sync_proxy"], ".2f"),
             _format(row["e_fid_proxy"], ".3g"),
-            _format(row.get("piqe"), ".0f"),
+            _format(row.get("iqa"), ".1f"),
+            _format(row.get("iqa"), ".1f"),
         )
     return table
 

@@ -67,7 +67,7 @@ MODES = ("teacher", *STUDENT_MODES)
 TEACHER_SHARE = 0.7  # of the minutes left after the probes and the generate + eval reserve; the students split the rest
 PRESETS = ("tiny", "demo")
 # eval rows copied into each mode's summary row (the `fada demo` table's metric columns)
-DEMO_METRICS = ("sync_proxy", "sync_proxy_offset", "e_fid_proxy", "piqe", "sharpness", "psnr", "ssim",
+DEMO_METRICS = ("sync_proxy", "sync_proxy_offset", "e_fid_proxy", "iqa", "piqe", "sharpness", "psnr", "ssim",
                 "identity_psnr16", "identity_colour_de")  # fmt: skip
 TEACHER_STEP_LADDER = (25, 15, 10, 6)  # teacher DDIM steps tried, most first, until generation fits its share
 SHORT_SECONDS = 2.0  # the shortest held-out speech generated on a slow machine

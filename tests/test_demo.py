@@ -69,21 +69,21 @@ def test_split_holds_one_identity_out():
 
 def test_demo_table_shows_every_metric_and_the_route():
     row = {"nfe": 6, "seconds_per_video_second": 2.0, "speed_up": 1.0, "face_rate": 0.1, "sync_proxy": 0.05,
-           "sync_proxy_offset": -3.0, "e_fid_proxy": 0.178, "piqe": 83.4, "psnr": 8.17, "identity_fraction": 0.81,
+           "sync_proxy_offset": -3.0, "e_fid_proxy": 0.178, "iqa": 31.26, "piqe": 83.4, "psnr": 8.17, "identity_fraction": 0.81,
            "identity_colour_de": 4.26, "mouth_r": 0.63, "mouth_r_reversed": -0.12, "identity_psnr16_floor": 21.5,
            "identity_psnr16_ceiling": 33.25,
            "routes": {"sync_proxy": "mouth window", "e_fid_proxy": "mouth window"}}  # fmt: skip
     targets = {"teacher": {"face_rate": False, "mouth_r": True}, "fast": {"face_rate": True}}
     summary = {"model_preset": "tiny", "teacher": {"stages": {"image": {"steps": 8}, "video": {"steps": 5}}},
-               "modes": {"teacher": row, "fast": {**row, "piqe": None}}, "targets_met": targets}  # fmt: skip
+               "modes": {"teacher": row, "fast": {**row, "iqa": None}}, "targets_met": targets}  # fmt: skip
     console = Console(record=True, width=160)
     console.print(demo_table(summary))
     text = console.export_text()
-    assert "PIQE↓" in text and "0.05" in text and "0.178" in text and "83" in text
+    assert "BRISQUE↓" in text and "0.05" in text and "0.178" in text and "31.3" in text
     assert "0.81" in text and "4.3" in text and "0.63" in text and "-0.12" in text
     assert "proxies read the face by mouth window" in text and "(21.5 dB), 1 = the real clip (33.2 dB)" in text
     assert "teacher: targets missed: face_rate" in text and "fast: every target met" in text
-    assert text.count("—") == 1  # the fast row's missing PIQE
+    assert text.count("—") == 1  # the fast row's missing BRISQUE
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
@@ -117,6 +117,7 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert summary["students"][mode]["steps"] >= 2 and np.isfinite(summary["students"][mode]["final_loss"])
         assert summary["modes"][mode]["speed_up"] > 0
     assert teacher["seconds_per_video_second"] > 0 and teacher["sharpness"] > 0 and teacher["piqe"] is not None
+    assert teacher["iqa"] is not None  # BRISQUE: needs no weights
     assert teacher["e_fid_proxy"] is None or teacher["e_fid_proxy"] >= 0
     # the teacher went through the image stage, then the video stage started from it
     stages = summary["teacher"]["stages"]
