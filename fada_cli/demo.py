@@ -63,7 +63,6 @@ def demo_table(summary: dict) -> Table:
             _format(row["sync_proxy"], ".2f"),
             _format(row["e_fid_proxy"], ".3g"),
             _format(row.get("iqa"), ".1f"),
-            _format(row.get("iqa"), ".1f"),
         )
     return table
 

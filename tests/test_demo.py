@@ -69,9 +69,9 @@ def test_split_holds_one_identity_out():
 
 def test_demo_table_shows_every_metric_and_the_route():
     row = {"nfe": 6, "seconds_per_video_second": 2.0, "speed_up": 1.0, "face_rate": 0.1, "sync_proxy": 0.05,
-           "sync_proxy_offset": -3.0, "e_fid_proxy": 0.178, "iqa": 31.26, "piqe": 83.4, "psnr": 8.17, "identity_fraction": 0.81,
-           "identity_colour_de": 4.26, "mouth_r": 0.63, "mouth_r_reversed": -0.12, "identity_psnr16_floor": 21.5,
-           "identity_psnr16_ceiling": 33.25,
+           "sync_proxy_offset": -3.0, "e_fid_proxy": 0.178, "iqa": 31.26, "piqe": 83.4, "psnr": 8.17,
+           "identity_fraction": 0.81, "identity_colour_de": 4.26, "mouth_r": 0.63, "mouth_r_reversed": -0.12,
+           "identity_psnr16_floor": 21.5, "identity_psnr16_ceiling": 33.25,
            "routes": {"sync_proxy": "mouth window", "e_fid_proxy": "mouth window"}}  # fmt: skip
     targets = {"teacher": {"face_rate": False, "mouth_r": True}, "fast": {"face_rate": True}}
     summary = {"model_preset": "tiny", "teacher": {"stages": {"image": {"steps": 8}, "video": {"steps": 5}}},
