@@ -494,7 +494,7 @@ def minutes_to_face(points: list[dict], threshold: float = 0.9) -> float | None:
     return min(hits) if hits else None
 
 
-def report(work: Path, data: dict, name: str = "teacher_recipe") -> None:
+def report(work: Path, data: dict, results_name: str = "teacher_recipe") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -532,8 +532,8 @@ def report(work: Path, data: dict, name: str = "teacher_recipe") -> None:
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
-    fig.savefig(RESULTS / f"{name}.png", dpi=110)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"data": data, "rows": rows, "curves": curves},
+    fig.savefig(RESULTS / f"{results_name}.png", dpi=110)
+    (RESULTS / f"{results_name}.json").write_text(json.dumps({"data": data, "rows": rows, "curves": curves},
                                                             indent=2) + "\n")  # fmt: skip
 
     def fmt(value, spec):
@@ -567,7 +567,7 @@ def report(work: Path, data: dict, name: str = "teacher_recipe") -> None:
             f" | {fmt(r['colour_de_3s'], '.1f')} | {fmt(r['r_speech'], '.2f')}"
             f" | {fmt(r['r_silence'], '.2f')} | {fmt(r['r_reversed'], '.2f')} |"
         )
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{results_name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
