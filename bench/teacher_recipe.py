@@ -502,8 +502,8 @@ def report(work: Path, data: dict, results_name: str = "teacher_recipe") -> None
 
     curves = load_curves(work)
     rows = []
-    panels = ("x0_961", "x0_401", "face_rate", "identity_fraction")
-    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.5))
+    panels = ("x0_961", "x0_401", "face_rate", "identity_fraction", "r_speech")
+    fig, axes = plt.subplots(1, len(panels), figsize=(25, 4.5))
     for name, points in curves.items():
         trace = [p for p in points if not p.get("final")]
         final = next((p for p in points if p.get("final")), {})
@@ -529,6 +529,8 @@ def report(work: Path, data: dict, results_name: str = "teacher_recipe") -> None
     axes[2].axhline(data["real_face_rate"], color="k", ls="--", lw=1, label="real clip")
     axes[3].axhline(1.0, color="k", ls="--", lw=1, label="real clip (ceiling)")
     axes[3].axhline(0.75, color="g", ls=":", lw=1, label="target")
+    axes[4].axhline(0.5, color="g", ls=":", lw=1, label="target")
+    axes[4].set_title("r_speech (mouth vs speech energy, 2-s video ↑)")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
