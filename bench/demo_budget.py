@@ -102,8 +102,8 @@ def report(rows: list[dict]) -> None:
                 else "| | | | | |"
             )
             checks = row["targets_met"].get(mode)
-            met = "—" if checks is None else ("all met" if all(checks.values()) else
-                                              "missed: " + ", ".join(k for k, ok in checks.items() if not ok))  # fmt: skip
+            missed = [name for name, ok in (checks or {}).items() if not ok]
+            met = "—" if checks is None else ("missed: " + ", ".join(missed) if missed else "all met")
             lines.append(
                 f"{head} {mode} | {m['nfe']} | {fmt(m['face_rate'], '.0%')} | {fmt(m['identity_fraction'], '.2f')} "
                 f"| {fmt(m['mouth_r'], '.2f')} | {fmt(m['mouth_r_reversed'], '.2f')} | {fmt(m['iqa'], '.1f')} | {met} |"
