@@ -230,6 +230,19 @@ VARIANTS = {
             identity_augment=0.8,
         ),  # fmt: skip
         Variant(
+            "res-v-at-motion-a2-3e-4-attn32",
+            "res-v-at-motion-a2-3e-4 with reference, audio and temporal attention at the 32×32 level too",
+            loss_weighting="v",
+            lr=3e-4,
+            model={
+                "prediction_type": "reference_residual",
+                "audio_time_embedding": True,
+                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            },
+            motion_loss_weight=2.0,
+        ),  # fmt: skip
+        Variant(
             "concat-v",
             "image → video, v weighting, lr 1e-3, reference concatenated to the input",
             ("image", "video"),
