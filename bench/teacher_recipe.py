@@ -44,6 +44,8 @@ FACE_SIZE = 256  # frames are upscaled to this side before face detection
 CURVE_SECONDS = 2.0  # speech of the curve video (face rate, identity, mouth r)
 CURVE_STEPS = 10  # DDIM steps of the curve videos (the final r videos too)
 GUIDANCE = {"cfg_audio": 6.5, "cfg_ref": 2.5}  # the teacher videos' CFG scales (--cfg-audio, --cfg-ref)
+# the paper's model under every variant: the demo preset's own departures are off unless a variant names them
+PAPER_MODEL = {"prediction_type": "epsilon", "audio_time_embedding": False, "reference_concat": False}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class Variant:
     minutes: float | None = None  # CPU minutes of training (None = --minutes)
     ema: float = 0.0  # EMA decay of the weights the checkpoints hold (0 = off)
     identity_augment: float = 0.0  # probability of `data.identity_transform` per training window
-    motion_loss_weight: float = 0.0  # α of `train_teacher.motion_weights` (0 = plain loss)
+    motion_loss_weight: float = 0.0  # α of `training.motion_weights` (0 = plain loss)
 
 
 VARIANTS = {
@@ -474,8 +476,8 @@ def run_variant(variant: Variant, work: Path, data: dict, minutes: float, eval_e
         while spent < stage_end - 1.0:
             began = time.process_time()
             fit(TeacherStage(), data["train"], out, preset="demo", overrides=options | {"steps": steps},
-                model_overrides=variant.model, resume=resume, init_from=None if resume else previous, device="cpu",
-                quiet=True)  # fmt: skip
+                model_overrides=PAPER_MODEL | variant.model, resume=resume,
+                init_from=None if resume else previous, device="cpu", quiet=True)  # fmt: skip
             used = time.process_time() - began
             step_s = used / chunk
             spent += used

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -107,6 +108,7 @@ def command(
 
         fada demo --out demo_run --minutes 30   # long enough for the videos to show faces
     """
+    started = time.time()  # the budget counts the imports below too
     from pipelines.demo import SUMMARY, DemoConfig, run_demo  # torch and diffusers: only when the demo runs
 
     summary = run_demo(
@@ -114,6 +116,7 @@ def command(
         DemoConfig(minutes=minutes, preset=preset, seed=seed, generate_steps=generate_steps),
         device=device,
         quiet=quiet,
+        started=started,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))

@@ -18,6 +18,7 @@ from fada_cli.options import (
     GradientCheckpointingOption,
     JsonOption,
     LrScheduleOption,
+    MotionLossWeightOption,
     NumWorkersOption,
     OptimizerOption,
     OverwriteOption,
@@ -80,6 +81,7 @@ def command(
     cfg_ref_range: Annotated[
         str | None, Opt("--cfg-ref-range", help="Fast mode: per-sample cfg_r drawn from LOW,HIGH \\[1,3].")
     ] = None,
+    motion_loss_weight: MotionLossWeightOption = None,
     steps: StepsOption = None,
     batch_size: BatchSizeOption = None,
     lr: Annotated[float | None, Opt("--lr", help="AdamW learning rate \\[1e-5].")] = None,
@@ -123,7 +125,8 @@ def command(
     from pipelines.training import fit
 
     overrides = given(tiers=tier_list(tier), mode=mode, windows=windows, solver_steps=solver_steps, gt_weight=gt_weight,
-                      cfg_conditioning=cfg_conditioning, cfg_audio_range=_pair("--cfg-audio-range", cfg_audio_range),
+                      motion_loss_weight=motion_loss_weight, cfg_conditioning=cfg_conditioning,
+                      cfg_audio_range=_pair("--cfg-audio-range", cfg_audio_range),
                       cfg_ref_range=_pair("--cfg-ref-range", cfg_ref_range), steps=steps, batch_size=batch_size, lr=lr,
                       grad_accum=grad_accum, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
                       lr_schedule=lr_schedule, warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing,

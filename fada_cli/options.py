@@ -29,6 +29,14 @@ BatchSizeOption = Annotated[
 ]
 GradAccumOption = Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimiser step \\[1].")]
 EmaOption = Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights, 0 = off \\[0].")]
+MotionLossWeightOption = Annotated[
+    float | None,
+    typer.Option(
+        "--motion-loss-weight",
+        help="α: pixels that change across a window's frames (the mouth) weigh up to 1 + α·(their change / the "
+        "mean change) in the loss; the demo uses 2 \\[0: plain].",
+    ),
+]
 CheckpointEveryOption = Annotated[int | None, typer.Option("--checkpoint-every", help="Save every N steps \\[500].")]
 LrScheduleOption = Annotated[
     str | None,

@@ -18,6 +18,7 @@ from fada_cli.options import (
     GradientCheckpointingOption,
     JsonOption,
     LrScheduleOption,
+    MotionLossWeightOption,
     NumWorkersOption,
     OptimizerOption,
     OverwriteOption,
@@ -86,14 +87,7 @@ def command(
         ),
     ] = None,
     snr_gamma: Annotated[float | None, Opt("--snr-gamma", help="γ of --loss-weighting min-snr \\[5].")] = None,
-    motion_loss_weight: Annotated[
-        float | None,
-        Opt(
-            "--motion-loss-weight",
-            help="α: pixels that change across a window's frames (the mouth) weigh up to 1 + α·(their change / "
-            "the mean change) in the loss; the demo uses 2 \\[0: plain].",
-        ),
-    ] = None,
+    motion_loss_weight: MotionLossWeightOption = None,
     identity_augment: Annotated[
         float | None,
         Opt(

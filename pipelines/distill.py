@@ -43,7 +43,7 @@ from pipelines.errors import UsageError
 from pipelines.model import FadaModel
 from pipelines.model_config import CFG_CONDITIONINGS, ModelConfig
 from pipelines.schedulers import add_noise, sd15_alphas_cumprod, solve_window
-from pipelines.training import LOG_FILE, Run, Stage, TrainConfig, TrainLogs, sample_condition_dropout
+from pipelines.training import LOG_FILE, Run, Stage, TrainConfig, TrainLogs, motion_weights, sample_condition_dropout
 
 STAGE = "student"
 MODES = ("fast", "balanced")
@@ -269,9 +269,10 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
     )
     pred_distill, pred_gt = pred.float().chunk(2)
 
-    # 5. adaptive mixed supervision (Eqs. 5, 7, 8), per sample
-    loss_distill = (pred_distill - target_distill).pow(2).flatten(1).mean(1)  # (B,)
-    loss_gt = (pred_gt - eps).pow(2).flatten(1).mean(1)  # (B,)
+    # 5. adaptive mixed supervision (Eqs. 5, 7, 8), per sample; both terms weighed alike by what moves
+    pixel_weights = motion_weights(z0, config.motion_loss_weight) if config.motion_loss_weight else 1.0
+    loss_distill = ((pred_distill - target_distill).pow(2) * pixel_weights).flatten(1).mean(1)  # (B,)
+    loss_gt = ((pred_gt - eps).pow(2) * pixel_weights).flatten(1).mean(1)  # (B,)
     ratio = (loss_gt / loss_distill.clamp_min(torch.finfo(torch.float32).tiny)).detach()  # R_i
     weight = fada_math.supervision_weight(ratio, config.gt_weight)  # W_i, no gradient
     loss = (loss_distill + weight * loss_gt).mean()

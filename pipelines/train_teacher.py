@@ -55,7 +55,7 @@ from pipelines.data import batch_latents
 from pipelines.errors import UsageError
 from pipelines.model import FadaModel
 from pipelines.schedulers import NUM_TRAIN_TIMESTEPS, add_noise, sd15_alphas_cumprod
-from pipelines.training import Resolved, Run, Stage, TrainConfig, sample_condition_dropout
+from pipelines.training import Resolved, Run, Stage, TrainConfig, motion_weights, sample_condition_dropout
 
 STAGE = "teacher"
 LOSS_WEIGHTINGS = ("eps", "min-snr", "truncated-snr", "v")
@@ -69,8 +69,6 @@ class TeacherTrainConfig(TrainConfig):
     snr_gamma: float = 5.0  # γ of min-snr: weight min(SNR_t, γ)/SNR_t
     stage: str = "joint"  # joint: everything on F-frame windows | image: F = 1, no audio/temporal | video
     video_trainable: str = "audio-temporal"  # video stage: audio path + temporal layers (frozen spatial) | all
-    motion_loss_weight: float = 0.0  # α of `motion_weights`: pixels that change across a window's frames
-    # (the mouth, the moving head) weigh up to 1 + α·(their change / the mean change) in the loss; 0 = plain
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,8 +77,6 @@ class TeacherTrainConfig(TrainConfig):
         for name, value, valid in checks:
             if value not in valid:
                 raise UsageError(f"`{name}` {value!r} is not valid; use {' or '.join(valid)}.")
-        if not self.motion_loss_weight >= 0:
-            raise UsageError(f"`motion_loss_weight` {self.motion_loss_weight} is not valid; use 0 (off) or more.")
         if not self.snr_gamma > 0:
             raise UsageError(f"`snr_gamma` {self.snr_gamma} is not valid; use a positive number such as 5.")
 
@@ -205,22 +201,6 @@ def teacher_loss(
     per_sample = squared.flatten(1).mean(dim=1)  # (B,)
     weights = loss_weights(t, alphas_cumprod, train_config.loss_weighting, train_config.snr_gamma)
     return (weights * per_sample).mean()
-
-
-def motion_weights(z0: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Per-pixel loss weights (B, 1, 1, h, w) of F-frame windows z0 (B, F, C, h, w), mean 1 per window.
-
-    The spread s of each pixel over the window's frames (standard deviation, mean over channels) marks
-    what moves — in a talking head, the mouth above all — and w = 1 + α·s / mean(s), normalised to mean
-    1, weighs it up: a mouth of 1–2 % of the pixels otherwise carries too little of the loss for a short
-    run to learn it from the audio. The weights depend on the whole window, not on any one frame's
-    target, so they favour no frame; single frames (F = 1, the image stage) weigh 1 everywhere.
-    """
-    if z0.shape[1] < 2:
-        return torch.ones_like(z0[:, :1, :1])
-    spread = z0.std(dim=1, keepdim=True).mean(dim=2, keepdim=True)  # (B, 1, 1, h, w)
-    weights = 1.0 + alpha * spread / spread.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
-    return weights / weights.mean(dim=(-2, -1), keepdim=True)
 
 
 def starting_history(resumed, started, stage: str) -> list[dict]:

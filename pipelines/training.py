@@ -82,6 +82,8 @@ class TrainConfig:
     p_drop_both: float = 0.05  # probability of dropping audio and reference together
     identity_augment: float = 0.0  # probability that a window gets `data.identity_transform` (colours, flip,
     # shift; the same on its target, reference and motion frames), so identities' colours cannot be memorised
+    motion_loss_weight: float = 0.0  # α of `motion_weights`: pixels that change across a window's frames
+    # (the mouth, the moving head) weigh up to 1 + α·(their change / the mean change) in the loss; 0 = plain
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum}
@@ -91,6 +93,8 @@ class TrainConfig:
                 raise UsageError(f"`{name}` {value!r} is not valid; use a whole number >= 1.")
         if not self.lr > 0:
             raise UsageError(f"`lr` {self.lr} is not valid; use a positive learning rate such as 1e-4.")
+        if not self.motion_loss_weight >= 0:
+            raise UsageError(f"`motion_loss_weight` {self.motion_loss_weight} is not valid; use 0 (off) or more.")
         if not 0.0 <= self.ema < 1.0:
             raise UsageError(f"`ema` {self.ema} is not valid; use a decay in [0, 1) such as 0.999, or 0 for off.")
         if not self.tiers:
@@ -392,6 +396,22 @@ def restore_training_state(out: Path, state: TrainingState) -> float:
 
 
 # --- configs: one resolution for the CLI, fada demo, the benches and the library ------------------
+
+
+def motion_weights(z0: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-pixel loss weights (B, 1, 1, h, w) of F-frame windows z0 (B, F, C, h, w), mean 1 per window.
+
+    The spread s of each pixel over the window's frames (standard deviation, mean over channels) marks
+    what moves — in a talking head, the mouth above all — and w = 1 + α·s / mean(s), normalised to mean
+    1, weighs it up: a mouth of 1–2 % of the pixels otherwise carries too little of the loss for a short
+    run to learn it from the audio. The weights depend on the whole window, not on any one frame's
+    target, so they favour no frame; single frames (F = 1, the image stage) weigh 1 everywhere.
+    """
+    if z0.shape[1] < 2:
+        return torch.ones_like(z0[:, :1, :1])
+    spread = z0.std(dim=1, keepdim=True).mean(dim=2, keepdim=True)  # (B, 1, 1, h, w)
+    weights = 1.0 + alpha * spread / spread.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+    return weights / weights.mean(dim=(-2, -1), keepdim=True)
 
 
 def sample_condition_dropout(batch_size: int, p_audio: float, p_both: float, generator=None, device=None):

@@ -208,7 +208,7 @@ def test_portrait_mouth_r_follows_the_speech_not_the_reversed_speech(tmp_path):
 
 
 def test_motion_weights_favour_what_moves_and_average_one():
-    from pipelines.train_teacher import motion_weights
+    from pipelines.training import motion_weights
 
     z0 = torch.zeros(2, 4, 3, 8, 8)
     z0[:, ::2, :, 2:4, 2:4] = 1.0  # a 2×2 "mouth" that opens on every other frame
@@ -217,6 +217,35 @@ def test_motion_weights_favour_what_moves_and_average_one():
     assert torch.allclose(weights.mean(dim=(-2, -1)), torch.ones(2, 1, 1))
     assert weights[0, 0, 0, 2, 2] > 10 * weights[0, 0, 0, 6, 6] > 0
     assert torch.equal(motion_weights(z0[:, :1], 4.0), torch.ones(2, 1, 1, 8, 8))  # single frames: plain loss
+
+
+def test_distillation_weighs_its_loss_by_motion_only_when_asked_and_where_things_move():
+    """Both terms of the students' loss take the motion weights: a still window scores the same with α 4 as
+    with none; a window with a moving patch does not; a negative α is refused by the config."""
+    from pipelines.distill import DistillConfig, distill_loss
+
+    config = get_preset("tiny")
+    torch.manual_seed(0)
+    teacher = FadaModel.from_config(config).eval().requires_grad_(False)
+    student = build_student_from_teacher(teacher, "none")
+    b, f, m, size = 1, config.frames_per_clip, config.motion_frames, config.sample_size
+    still = torch.rand(b, 1, 3, size, size).expand(b, f, 3, size, size).clone()
+    moving = still.clone()
+    moving[:, ::2, :, 10:16, 10:16] = 0.0  # a dark "mouth" that opens on every other frame
+
+    def losses(frames, alpha):
+        batch = {"frames": frames, "reference": still[:, 0], "motion": still[:, :m],
+                 "audio_features": torch.zeros(b, f, config.audio_window_size, config.audio_feature_dim)}  # fmt: skip
+        train = DistillConfig(mode="balanced", solver_steps=2, motion_loss_weight=alpha)
+        _, record = distill_loss(
+            student, teacher, batch, sd15_alphas_cumprod(), torch.Generator().manual_seed(3), train
+        )
+        return torch.stack([record["loss_distill"], record["loss_gt"]])
+
+    assert torch.allclose(losses(still, 4.0), losses(still, 0.0))
+    assert not torch.allclose(losses(moving, 4.0), losses(moving, 0.0))
+    with pytest.raises(UsageError, match="motion_loss_weight"):
+        DistillConfig(motion_loss_weight=-1.0)
 
 
 def test_audio_time_embedding_starts_silent_then_follows_the_audio(tmp_path):
