@@ -15,14 +15,14 @@ from typing import Any
 
 import typer
 
-from fada_cli import curate, demo, demo_data, distill, evaluate, generate, info, serve, train_teacher
+from fada_cli import curate, demo, demo_data, distill, evaluate, generate, import_hallo, info, serve, train_teacher
 from pipelines.errors import FadaError
 
 app = typer.Typer(
     name="fada",
     help=(
         "Fast audio-driven talking-portrait diffusion (FADA, arXiv 2412.16915).\n\n"
-        "Lifecycle: demo-data → curate → train-teacher → distill → generate → eval."
+        "Lifecycle: demo-data → curate → train-teacher (or import hallo) → distill → generate → eval."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -75,6 +75,11 @@ _register("eval", evaluate.command)
 _register("demo", demo.command)
 _register("info", info.command)
 _register("serve", serve.command)
+
+import_app = typer.Typer(name="import", help="Import an existing teacher (Hallo/Hallo2) as a fada checkpoint.",
+                         no_args_is_help=True, add_completion=False)  # fmt: skip
+import_app.command("hallo", help=help_text(import_hallo.command.__doc__ or ""))(report_errors(import_hallo.command))
+app.add_typer(import_app, name="import")
 
 
 def _show_version(value: bool) -> None:

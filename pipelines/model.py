@@ -110,7 +110,8 @@ class FadaModel(torch.nn.Module):
         else:
             hallo.attach(denoising_unet)
         # ᾱ for the v → ε conversion in `denoise` (float64, CPU; never cast with the weights)
-        self.eps_alphas_cumprod = eps_alphas_cumprod(config)
+        with torch.device("cpu"):  # also when the model is built on the meta device (`fada import hallo`)
+            self.eps_alphas_cumprod = eps_alphas_cumprod(config)
         self._time_shift = _TimeEmbedShift()
         denoising_unet.time_embedding.register_forward_hook(self._time_shift)
         self.nfe_counter = 0  # denoising-net evaluations, one per distinct condition state per call (NFE-D)
