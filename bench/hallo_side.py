@@ -1,6 +1,6 @@
 """Hallo's side of `bench/hallo_equivalence.py`: run in HALLO's OWN environment, never imported by fada.
 
-    PYTHONPATH=HALLO_SRC:STUB PY bench/hallo_side.py WORK [--reference-fp32]
+    PYTHONPATH=HALLO_SRC:STUB PY bench/hallo_side.py WORK [--reference-fp32] [--reference-cond-tokens]
 
 Builds Hallo's networks exactly as its `scripts/inference.py` does (`UNet2DConditionModel.from_pretrained`,
 `UNet3DConditionModel.from_pretrained_2d` with `configs/inference/default.yaml`'s unet_additional_kwargs,
@@ -61,7 +61,7 @@ def rerandomise(module: torch.nn.Module, generator: torch.Generator) -> None:
                 p.copy_(0.05 * torch.randn(p.shape, generator=generator))
 
 
-def main(work: Path, reference_fp32: bool) -> None:
+def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
     if reference_fp32:
         # Hallo's `ReferenceAttentionControl.update(writer, dtype=torch.float16)` casts the reference features to
         # fp16 even in an fp32 run (a no-op in its fp16 inference); keep them in fp32 to compare the structure
@@ -98,6 +98,18 @@ def main(work: Path, reference_fp32: bool) -> None:
                                 intermediate_dim=AUDIO_HIDDEN, output_dim=32, context_tokens=AUDIO_TOKENS)  # fmt: skip
     reference_unet.enable_gradient_checkpointing()
     denoising_unet.enable_gradient_checkpointing()
+    if reference_cond_tokens:
+        # With CFG, FaceAnimatePipeline runs the reference net on [ref, motion…] × 2 with identity tokens [uncond, cond]
+        # tiled (`encoder_hidden_states.repeat(tmp, 1, 1)`), so image j reads tokens j mod 2, and the reader tiles
+        # the two reference images across the frames (bank_fea's repeat): half the conditional frames attend to a
+        # reference computed with the null identity. Give every image the conditional tokens, as fada does.
+        def conditional_tokens(module, args, kwargs):
+            tokens = kwargs.get("encoder_hidden_states")
+            if tokens is not None and tokens.shape[0] == 2:
+                kwargs["encoder_hidden_states"] = tokens[1:].expand_as(tokens)
+            return args, kwargs
+
+        reference_unet.register_forward_pre_hook(conditional_tokens, with_kwargs=True)
     modules = {"reference_unet": reference_unet, "denoising_unet": denoising_unet, "face_locator": face_locator,
                "imageproj": image_proj, "audioproj": audio_proj}  # fmt: skip
     for module in modules.values():
@@ -191,10 +203,11 @@ def main(work: Path, reference_fp32: bool) -> None:
         "motion_frames": M,
         "size": SIZE,
         "reference_features": "fp32 (update() patched)" if reference_fp32 else "fp16 (update()'s default)",
+        "reference_tokens_with_cfg": "conditional for every image (patched)" if reference_cond_tokens else "tiled [u, c]",
     }
     (work / "hallo_meta.json").write_text(json.dumps(meta, indent=2))
     print(json.dumps(meta))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), reference_fp32="--reference-fp32" in sys.argv[2:])
+    main(Path(sys.argv[1]), "--reference-fp32" in sys.argv[2:], "--reference-cond-tokens" in sys.argv[2:])
