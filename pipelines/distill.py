@@ -44,7 +44,7 @@ from pipelines.manifest import manifest_hash
 from pipelines.model import FadaModel, build_student_from_teacher, sample_condition_dropout
 from pipelines.model_config import CFG_CONDITIONINGS, ModelConfig
 from pipelines.progress import log
-from pipelines.schedulers import add_noise, sd15_alphas_cumprod, solve_window
+from pipelines.schedulers import add_noise, eps_alphas_cumprod, solve_window
 from pipelines.training import (
     TrainConfig,
     TrainingState,
@@ -191,7 +191,8 @@ def distill(
     attach_latent_cache(setup, config, teacher, quiet)  # the teacher's VAE: the latents the teacher trained on
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     state.optimizer, state.lr_scheduler = optimizer, lr_scheduler  # save through the prepared wrappers
-    alphas_cumprod = sd15_alphas_cumprod(torch.float32).to(device)
+    # the schedule ε lives on: SD1.5's, or a zero-SNR model's with ᾱ floored (schedulers.ALPHA_BAR_FLOOR, docs/DESIGN.md §4)
+    alphas_cumprod = eps_alphas_cumprod(student_config, torch.float32).to(device)
     mhash = manifest_hash(manifest)
     config_record = {
         "model": student_config.to_dict(),
@@ -284,9 +285,11 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
     z_end_true = add_noise(z0, eps, fada_math.boundary_index((k - 1) / K), alphas_cumprod)
 
     # 3. the frozen teacher solves the window (Eq. 2): multi-CFG (fast) or the dropped conditions (balanced)
+    face = family_inputs(teacher, batch)  # hallo family: the references' face inputs (None for fada's own)
     with torch.no_grad():
         tokens = teacher.audio_tokens(batch["audio_features"])  # (B, F, N, D)
-        reference = None if bool(drop_reference.all()) else teacher.reference_features(reference_latent, motion_latents)
+        skip = bool(drop_reference.all()) and face is None
+        reference = None if skip else teacher.reference_features(reference_latent, motion_latents, face)
 
         def teacher_eps(z, index):
             if fast:
@@ -313,6 +316,7 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
         drop_audio.repeat(2),
         drop_reference.repeat(2),
         scales,
+        **({} if face is None else {"face": face}),
     )
     pred_distill, pred_gt = pred.float().chunk(2)
 
@@ -333,6 +337,17 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
         "weight": weight.detach(),
     }
     return loss, record
+
+
+def family_inputs(model: FadaModel, batch: dict):
+    """The hallo family's face inputs of a batch's references (`pipelines.hallo_inputs`), on the model's device."""
+    if model.hallo is None:
+        return None
+    if "reference" not in batch:
+        raise UsageError("distilling a hallo-family teacher needs the reference frames' pixels; drop --cache-latents.")
+    from pipelines.hallo_inputs import face_conditions, images_to_uint8
+
+    return face_conditions(images_to_uint8(batch["reference"]), model.config).to(model.device, model.dtype)
 
 
 def _uniform(bounds: tuple[float, float], b: int, generator) -> torch.Tensor:
