@@ -245,7 +245,19 @@ class HalloWav2Vec2Encoder:
         extracted = self.model.feature_extractor(wav)  # (1, C, L)
         extracted = F.interpolate(extracted.float(), size=n_frames, mode="linear", align_corners=True)
         hidden, _ = self.model.feature_projection(extracted.transpose(1, 2).to(param.dtype))  # (1, T, D)
-        layers = self.model.encoder(hidden, output_hidden_states=True).hidden_states[1:]  # L × (1, T, D)
+        # the outputs of layers 1…L (transformers' hidden_states[1:]), read with forward hooks: recent transformers
+        # record them only at the model level; the last is the encoder's output (after its final norm, if any)
+        outputs: list[torch.Tensor] = []
+        hooks = [
+            layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
+            for layer in self.model.encoder.layers
+        ]
+        try:
+            last = self.model.encoder(hidden).last_hidden_state
+        finally:
+            for hook in hooks:
+                hook.remove()
+        layers = [*outputs[:-1], last]  # L × (1, T, D)
         return torch.cat([h[0].float() for h in layers], dim=-1).cpu()  # (T, L·D)
 
     def file_statistics(self, waveform: torch.Tensor, n_frames: int) -> dict[str, torch.Tensor]:
