@@ -59,8 +59,10 @@ def fada_side(work: Path) -> dict:
     torch.set_grad_enabled(False)
     io = load_file(str(work / "hallo_io.safetensors"))
     meta = json.loads((work / "hallo_meta.json").read_text())
-    frames, m = meta["frames"], meta["motion_frames"]
-    teacher = import_hallo(work / "pretrained", work / "teacher", identity="none", frames_per_clip=frames, overwrite=True)
+    frames = meta["frames"]
+    teacher = import_hallo(
+        work / "pretrained", work / "teacher", identity="none", frames_per_clip=frames, overwrite=True
+    )
     model = FadaModel.from_checkpoint(teacher, expect_stage="teacher").eval()
     h = model.config.latent_size
     diffs = {}
@@ -126,11 +128,11 @@ def main() -> None:
         "config": "hallo-tiny sizes (64² images, UNet widths 32/64/64/64, 1 layer per block), F=4, M=2, fp32, CPU",
         "variants": {
             "as_shipped": "Hallo's code unchanged",
-            "reference_fp32": "Hallo's reference features kept in fp32 (its ReferenceAttentionControl.update casts them "
-            "to fp16 by default, even in an fp32 run)",
-            "reference_fp32_cond_tokens": "and, with CFG, every reference-net image reads the conditional identity tokens "
-            "(Hallo's pipeline tiles [uncond, cond] over its 2·(1+M) reference images, and its reader tiles the two "
-            "reference images over the frames)",
+            "reference_fp32": "Hallo's reference features kept in fp32 (its ReferenceAttentionControl.update "
+            "casts them to fp16 by default, even in an fp32 run)",
+            "reference_fp32_cond_tokens": "and, with CFG, every reference-net image reads the conditional identity "
+            "tokens (Hallo's pipeline tiles [uncond, cond] over its 2·(1+M) reference images, and its reader "
+            "tiles the two reference images over the frames)",
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,9 @@ def main() -> None:
     lines = ["| output | " + " | ".join(VARIANTS) + " |", "|---" * (1 + len(VARIANTS)) + "|"]
     keys = [k for k in runs["as_shipped"]["max_abs_diff"] if "scale" not in k]
     lines += [f"| {k} | " + " | ".join(f"{runs[v]['max_abs_diff'][k]:.3e}" for v in VARIANTS) + " |" for k in keys]
-    md = "# fada hallo family vs Hallo's code (random weights, hallo-tiny sizes, fp32 CPU)\n\n" + "\n".join(lines) + "\n"
+    md = (
+        "# fada hallo family vs Hallo's code (random weights, hallo-tiny sizes, fp32 CPU)\n\n" + "\n".join(lines) + "\n"
+    )
     args.out.with_suffix(".md").write_text(md)
     print(json.dumps(result, indent=2))
 

@@ -22,9 +22,6 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
-from omegaconf import OmegaConf
-from safetensors.torch import save_file
-
 from hallo.animate.face_animate import FaceAnimatePipeline
 from hallo.models.audio_proj import AudioProjModel
 from hallo.models.face_locator import FaceLocator
@@ -32,9 +29,12 @@ from hallo.models.image_proj import ImageProjModel
 from hallo.models.mutual_self_attention import ReferenceAttentionControl
 from hallo.models.unet_2d_condition import UNet2DConditionModel
 from hallo.models.unet_3d import UNet3DConditionModel
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
 # fada's hallo-tiny preset (pipelines/model_config.py), written as Hallo's config files
-UNET = dict(sample_size=8, in_channels=4, out_channels=4, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+UNET = dict(sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
             up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, block_out_channels=[32, 64, 64, 64],
             layers_per_block=1, cross_attention_dim=32, attention_head_dim=2, norm_num_groups=32)  # fmt: skip
 VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[32, 32, 32, 32], layers_per_block=1,
@@ -92,8 +92,12 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
         pretrained / "stable-diffusion-v1-5", pretrained / "motion_module" / "none.ckpt", subfolder="unet",
         unet_additional_kwargs=OmegaConf.to_container(cfg.unet_additional_kwargs), use_landmark=False,
     )  # fmt: skip
-    face_locator = FaceLocator(conditioning_embedding_channels=UNET["block_out_channels"][0], block_out_channels=FACE_LOCATOR)
-    image_proj = ImageProjModel(cross_attention_dim=32, clip_embeddings_dim=512, clip_extra_context_tokens=IDENTITY_TOKENS)
+    face_locator = FaceLocator(
+        conditioning_embedding_channels=UNET["block_out_channels"][0], block_out_channels=FACE_LOCATOR
+    )
+    image_proj = ImageProjModel(
+        cross_attention_dim=32, clip_embeddings_dim=512, clip_extra_context_tokens=IDENTITY_TOKENS
+    )
     audio_proj = AudioProjModel(seq_len=WINDOW, blocks=WAV2VEC["num_hidden_layers"], channels=WAV2VEC["hidden_size"],
                                 intermediate_dim=AUDIO_HIDDEN, output_dim=32, context_tokens=AUDIO_TOKENS)  # fmt: skip
     reference_unet.enable_gradient_checkpointing()
@@ -125,7 +129,10 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
     images = torch.rand(1, 1 + M, 3, SIZE, SIZE, generator=generator) * 2 - 1  # (1, 1+M, 3, H, W) in [-1, 1]
     face_emb = torch.randn(1, 512, generator=generator)
     region = (torch.rand(1, 3, SIZE, SIZE, generator=generator) > 0.5).float()
-    masks = {kind: [torch.rand(1, (h // 2**i) ** 2, generator=generator) for i in range(4)] for kind in ("full", "face", "lip")}
+    masks = {
+        kind: [torch.rand(1, (h // 2**i) ** 2, generator=generator) for i in range(4)]
+        for kind in ("full", "face", "lip")
+    }
     audio = torch.randn(1, F, WINDOW, WAV2VEC["num_hidden_layers"], WAV2VEC["hidden_size"], generator=generator)
     noisy = torch.randn(1, 4, F, h, h, generator=generator)
     tensors = {"images": images, "face_emb": face_emb, "region": region, "audio": audio, "noisy": noisy}
@@ -146,7 +153,8 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
             reference_unet(ref_latents, torch.zeros(()), encoder_hidden_states=identity, return_dict=False)
             reader.update(writer)
             v = denoising_unet(noisy, t, encoder_hidden_states=identity, mask_cond_fea=mask_feature,
-                               full_mask=level_masks["full"], face_mask=level_masks["face"], lip_mask=level_masks["lip"],
+                               full_mask=level_masks["full"], face_mask=level_masks["face"],
+                               lip_mask=level_masks["lip"],
                                audio_embedding=tokens, motion_scale=[1.0, 1.0, 1.0], return_dict=False)[0]  # fmt: skip
             tensors[f"v_t{t}"] = v
             reader.clear()
@@ -168,7 +176,8 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
         reader.update(writer)
         for t in scheduler.timesteps:
             v = denoising_unet(latents[-1], t, encoder_hidden_states=identity, mask_cond_fea=mask_feature,
-                               full_mask=level_masks["full"], face_mask=level_masks["face"], lip_mask=level_masks["lip"],
+                               full_mask=level_masks["full"], face_mask=level_masks["face"],
+                               lip_mask=level_masks["lip"],
                                audio_embedding=tokens, motion_scale=[1.0, 1.0, 1.0], return_dict=False)[0]  # fmt: skip
             latents.append(scheduler.step(v, t, latents[-1], eta=0.0, return_dict=False)[0])
         reader.clear()
@@ -203,7 +212,9 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
         "motion_frames": M,
         "size": SIZE,
         "reference_features": "fp32 (update() patched)" if reference_fp32 else "fp16 (update()'s default)",
-        "reference_tokens_with_cfg": "conditional for every image (patched)" if reference_cond_tokens else "tiled [u, c]",
+        "reference_tokens_with_cfg": "conditional for every image (patched)"
+        if reference_cond_tokens
+        else "tiled [u, c]",
     }
     (work / "hallo_meta.json").write_text(json.dumps(meta, indent=2))
     print(json.dumps(meta))

@@ -278,7 +278,9 @@ def build_audio_encoder(config: ModelConfig) -> AudioEncoder:
     if config.audio_encoder == "mel":
         return MelEncoder(config.n_mels, config.audio_window)
     if config.audio_encoder_path is None:
-        raise UsageError(f"audio_encoder={config.audio_encoder!r} needs a local folder; pass --audio-encoder-path PATH.")
+        raise UsageError(
+            f"audio_encoder={config.audio_encoder!r} needs a local folder; pass --audio-encoder-path PATH."
+        )
     if config.audio_encoder == "hallo-wav2vec2":
         encoder = HalloWav2Vec2Encoder(config.audio_encoder_path, config.audio_window)
     else:

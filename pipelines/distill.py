@@ -191,7 +191,8 @@ def distill(
     attach_latent_cache(setup, config, teacher, quiet)  # the teacher's VAE: the latents the teacher trained on
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     state.optimizer, state.lr_scheduler = optimizer, lr_scheduler  # save through the prepared wrappers
-    # the schedule ε lives on: SD1.5's, or a zero-SNR model's with ᾱ floored (schedulers.ALPHA_BAR_FLOOR, docs/DESIGN.md §4)
+    # the schedule ε lives on: SD1.5's, or a zero-SNR model's with ᾱ floored
+    # (schedulers.ALPHA_BAR_FLOOR, docs/DESIGN.md §4)
     alphas_cumprod = eps_alphas_cumprod(student_config, torch.float32).to(device)
     mhash = manifest_hash(manifest)
     config_record = {

@@ -192,7 +192,9 @@ def checkpoint_strategy(checkpoint: str | Path | CheckpointInfo) -> SamplingStra
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else load_checkpoint_info(checkpoint)
     windows = int(info.config.get("train", {}).get("windows", 4)) if info.stage == "student" else 4
     model = info.config.get("model")
-    return strategy_for(info.stage, info.mode, Path(info.path), windows, ModelConfig.from_dict(model) if model else None)
+    return strategy_for(
+        info.stage, info.mode, Path(info.path), windows, ModelConfig.from_dict(model) if model else None
+    )
 
 
 # --- inputs -------------------------------------------------------------------------------------

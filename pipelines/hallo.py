@@ -47,7 +47,12 @@ DIRECT = {
 # fada keys Hallo's checkpoint does not have: its reference net has no output head (`_out_channels`), whose
 # output fada never reads (`model.freeze_reference_tail`); filled with the identity norm and a zero conv
 NOT_IN_HALLO = {
-    "reference_unet": {"conv_norm_out.weight": 1.0, "conv_norm_out.bias": 0.0, "conv_out.weight": 0.0, "conv_out.bias": 0.0}
+    "reference_unet": {
+        "conv_norm_out.weight": 1.0,
+        "conv_norm_out.bias": 0.0,
+        "conv_out.weight": 0.0,
+        "conv_out.bias": 0.0,
+    }
 }
 _MODULE_KEY = re.compile(r"^((?:down_blocks|up_blocks)\.\d+|mid_block)\.(audio_modules|motion_modules)\.(\d+)\.(.+)$")
 
@@ -61,8 +66,12 @@ def hallo_key_map(keys, denoising_unet) -> dict[str, tuple[str, str]]:
     from pipelines.hallo_modules import spatial_transformers
 
     transformers = {name: i for i, (name, _) in enumerate(spatial_transformers(denoising_unet))}
-    resnet_blocks = [f"down_blocks.{i}" for i, b in enumerate(denoising_unet.down_blocks) if not getattr(b, "attentions", None)]
-    resnet_blocks += [f"up_blocks.{i}" for i, b in enumerate(denoising_unet.up_blocks) if not getattr(b, "attentions", None)]
+    resnet_blocks = [
+        f"down_blocks.{i}" for i, b in enumerate(denoising_unet.down_blocks) if not getattr(b, "attentions", None)
+    ]
+    resnet_blocks += [
+        f"up_blocks.{i}" for i, b in enumerate(denoising_unet.up_blocks) if not getattr(b, "attentions", None)
+    ]
     per_block = denoising_unet.config.layers_per_block
     mapping = {}
     for key in keys:
@@ -96,7 +105,8 @@ def hallo_key_map(keys, denoising_unet) -> dict[str, tuple[str, str]]:
 def _unmapped(key: str) -> str:
     return (
         f"net.pth key {key!r} has no place in fada's hallo family; this is not Hallo/Hallo2's released layout "
-        "(reference_unet, denoising_unet, face_locator, imageproj, audioproj) — pass the release's pretrained_models folder."
+        "(reference_unet, denoising_unet, face_locator, imageproj, audioproj) — pass the release's "
+        "pretrained_models folder."
     )
 
 
@@ -110,8 +120,8 @@ def load_state_dict_strict(model, state: dict[str, torch.Tensor]) -> None:
         own = targets[component]
         if target not in own:
             raise CheckpointError(
-                f"net.pth key {key!r} maps to {component}.{target}, which fada's {model.config.preset!r} config does not "
-                "have; the release's UNet config and net.pth disagree, or this is not Hallo's checkpoint."
+                f"net.pth key {key!r} maps to {component}.{target}, which fada's {model.config.preset!r} config "
+                "does not have; the release's UNet config and net.pth disagree, or this is not Hallo's checkpoint."
             )
         if tuple(own[target].shape) != tuple(state[key].shape):
             raise CheckpointError(
@@ -123,8 +133,8 @@ def load_state_dict_strict(model, state: dict[str, torch.Tensor]) -> None:
         missing = sorted(set(own) - filled[component] - set(NOT_IN_HALLO.get(component, {})))
         if missing:
             raise CheckpointError(
-                f"net.pth has nothing for {component}.{missing[0]} ({len(missing)} key(s) missing); it is incomplete or "
-                "from another model — pass Hallo's released hallo/net.pth."
+                f"net.pth has nothing for {component}.{missing[0]} ({len(missing)} key(s) missing); it is "
+                "incomplete or from another model — pass Hallo's released hallo/net.pth."
             )
     for component in targets:
         loaded = {target: state[key] for key, (c, target) in mapping.items() if c == component}
@@ -268,7 +278,9 @@ def import_hallo(
     unknown, missing = sorted(set(vae_state) - set(own)), sorted(set(own) - set(vae_state))
     if unknown or missing:
         name = (unknown or missing)[0]
-        raise CheckpointError(f"the VAE in {pretrained / VAE_DIR} does not fit its config: {name!r} is unexpected or missing.")
+        raise CheckpointError(
+            f"the VAE in {pretrained / VAE_DIR} does not fit its config: {name!r} is unexpected or missing."
+        )
     model.vae.load_state_dict(vae_state, strict=True, assign=True)
     model.audio_projection.null_tokens = torch.zeros(config.audio_tokens, config.cross_attention_dim)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:

@@ -79,7 +79,9 @@ class FaceLocator(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, embedding_channels: int = 320, conditioning_channels: int = 3, block_out_channels=(16, 32, 64, 128)):
+    def __init__(
+        self, embedding_channels: int = 320, conditioning_channels: int = 3, block_out_channels=(16, 32, 64, 128)
+    ):
         super().__init__()
         widths = list(block_out_channels)
         self.conv_in = torch.nn.Conv2d(conditioning_channels, widths[0], 3, padding=1)
@@ -146,7 +148,9 @@ class MaskedAudioBlock(torch.nn.Module):
         self.attn1 = Attention(query_dim=dim, heads=heads, dim_head=head_dim)
         self.norm2 = torch.nn.LayerNorm(dim)
         for i in range(len(MASK_KINDS)):
-            attention = Attention(query_dim=dim, cross_attention_dim=cross_attention_dim, heads=heads, dim_head=head_dim)
+            attention = Attention(
+                query_dim=dim, cross_attention_dim=cross_attention_dim, heads=heads, dim_head=head_dim
+            )
             setattr(self, f"attn2_{i}", attention)
         self.zero_conv_full = zero_(torch.nn.Conv2d(dim, dim, 1))
         self.zero_conv_face = zero_(torch.nn.Conv2d(dim, dim, 1))
@@ -300,7 +304,9 @@ class HalloMotionModules(ModelMixin, ConfigMixin):
         super().__init__()
         self.gradient_checkpointing = False
         self.layers = torch.nn.ModuleList(MotionModule(c, heads, max_len, norm_num_groups) for c in channels)
-        self.resnet_layers = torch.nn.ModuleList(MotionModule(c, heads, max_len, norm_num_groups) for c in resnet_channels)
+        self.resnet_layers = torch.nn.ModuleList(
+            MotionModule(c, heads, max_len, norm_num_groups) for c in resnet_channels
+        )
 
 
 # --- shapes from the UNet, and the hooks -------------------------------------------------------------
@@ -344,7 +350,9 @@ def resnet_motion_channels(unet) -> list[int]:
     """Widths of the motion modules Hallo keeps after the resnets of its blocks without attention."""
     layers = unet.config.layers_per_block
     widths = list(unet.config.block_out_channels)
-    out = [widths[i] for i, b in enumerate(unet.down_blocks) if not getattr(b, "attentions", None) for _ in range(layers)]
+    out = [
+        widths[i] for i, b in enumerate(unet.down_blocks) if not getattr(b, "attentions", None) for _ in range(layers)
+    ]
     out += [
         list(reversed(widths))[i]
         for i, b in enumerate(unet.up_blocks)
@@ -405,7 +413,9 @@ def attach_hallo_modules(unet, audio: HalloAudioModules, motion: HalloMotionModu
     """Install the audio + motion hook on each spatial transformer and the face-locator hook on `conv_in`."""
     spatial = spatial_transformers(unet)
     if not (len(spatial) == len(audio.layers) == len(motion.layers)):
-        raise ValueError(f"{len(audio.layers)} audio / {len(motion.layers)} motion modules for {len(spatial)} transformers")
+        raise ValueError(
+            f"{len(audio.layers)} audio / {len(motion.layers)} motion modules for {len(spatial)} transformers"
+        )
     for (name, module), audio_layer, motion_layer in zip(spatial, audio.layers, motion.layers, strict=True):
         hook = HalloBlockHook(f"{name}.transformer_blocks.0.attn1", audio_layer, motion_layer, motion)
         module.register_forward_hook(hook, with_kwargs=True)
@@ -498,7 +508,9 @@ class HalloParts(torch.nn.Module):
     def clip(self, face: FaceConditions, batch: int, dtype) -> HalloClip:
         """Identity tokens, the face-locator feature and the masks of B clips' face inputs."""
         if face is None:
-            raise ValueError("the hallo family needs the clip's face inputs (FaceConditions); see pipelines.hallo_inputs")
+            raise ValueError(
+                "the hallo family needs the clip's face inputs (FaceConditions); see pipelines.hallo_inputs"
+            )
         if face.embedding.shape[0] != batch:
             raise ValueError(f"face inputs for {face.embedding.shape[0]} clips, reference for {batch}")
         identity = self.identity_projection(face.embedding.to(dtype))  # (B, n, D)

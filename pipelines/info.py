@@ -52,7 +52,9 @@ class CheckpointSummary:
     manifest_hash: str | None  # sha256 of the training manifest
     weights: list[WeightSource]  # every set of weights and where it is loaded from
     has_training_state: bool  # whether --resume state is saved too
-    source: str = "fada"  # where the weights came from: fada (trained here) or an import (hallo: net.pth and its sha256)
+    source: str = (
+        "fada"  # where the weights came from: fada (trained here) or an import (hallo: net.pth and its sha256)
+    )
 
 
 def weight_source(name: str, folder: Path) -> WeightSource:

@@ -271,7 +271,10 @@ class FadaModel(torch.nn.Module):
     # --- conditions -----------------------------------------------------------------------------
 
     def reference_features(
-        self, reference_latent: torch.Tensor, motion_latents: torch.Tensor | None = None, face: FaceConditions | None = None
+        self,
+        reference_latent: torch.Tensor,
+        motion_latents: torch.Tensor | None = None,
+        face: FaceConditions | None = None,
     ):
         """Run the reference net ONCE on the reference and M motion latents → `ReferenceFeatures`.
 
@@ -298,7 +301,8 @@ class FadaModel(torch.nn.Module):
         flat = images.reshape(b * n_images, *images.shape[2:]).to(self.dtype)  # (B·n, C, h, w)
         timesteps = torch.zeros(flat.shape[0], device=flat.device)  # a clean image: t = 0
         if context is None:
-            context = flat.new_zeros(flat.shape[0], 1, self.config.cross_attention_dim)  # no text/audio for the reference
+            # no text/audio for the reference
+            context = flat.new_zeros(flat.shape[0], 1, self.config.cross_attention_dim)
         else:
             context = context.to(flat.dtype).repeat_interleave(n_images, dim=0)  # (B·n, T, D)
         state = FadaAttentionState(num_frames=1, record={})
@@ -344,7 +348,9 @@ class FadaModel(torch.nn.Module):
         drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=device).reshape(b)
         if reference_features is None:
             if self.hallo is not None:
-                raise ValueError("the hallo family needs reference features (its masks and motion frames) in every call")
+                raise ValueError(
+                    "the hallo family needs reference features (its masks and motion frames) in every call"
+                )
             drop_reference = torch.ones_like(drop_reference)
 
         # 1. audio tokens, null where dropped, frames folded into the batch

@@ -37,8 +37,9 @@ from pipelines.schedulers import (
 )
 
 DATA = Path(__file__).parent / "data"
-TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64, 64, 64], layers_per_block=1,
-                 cross_attention_dim=32, attention_head_dim=2, norm_num_groups=32, center_input_sample=False)  # fmt: skip
+TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64, 64, 64],
+                 layers_per_block=1, cross_attention_dim=32, attention_head_dim=2, norm_num_groups=32,
+                 center_input_sample=False)  # fmt: skip
 TINY_WAV2VEC = {"hidden_size": 32, "num_hidden_layers": 2}
 
 
@@ -81,7 +82,9 @@ def test_sd15_schedule_unchanged():
 
 def test_scaled_linear_zero_snr_equals_diffusers():
     config = dataclasses.replace(get_preset("hallo-tiny"), beta_schedule="scaled_linear")
-    reference = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)
+    reference = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True
+    )
     assert torch.equal(schedule_for(config, torch.float32), reference.alphas_cumprod)
 
 
@@ -93,7 +96,9 @@ def test_eps_schedule_floor_keeps_window_4_finite():
     lam, eta = fada_math.window_lambda_eta(floored, torch.arange(1, 5))
     assert torch.isfinite(lam).all() and torch.isfinite(eta).all() and (eta < 0).all()
     assert lam[3].item() == pytest.approx(3.6563, abs=1e-4) and eta[3].item() == pytest.approx(-2.6611, abs=1e-4)
-    assert floored.min().item() == ALPHA_BAR_FLOOR and torch.equal(floored[raw >= ALPHA_BAR_FLOOR], raw[raw >= ALPHA_BAR_FLOOR])
+    assert floored.min().item() == ALPHA_BAR_FLOOR and torch.equal(
+        floored[raw >= ALPHA_BAR_FLOOR], raw[raw >= ALPHA_BAR_FLOOR]
+    )
 
 
 # --- the strict key map ---------------------------------------------------------------------------
@@ -150,11 +155,15 @@ def test_import_maps_every_key_and_reloads(imported):
     }  # fmt: skip
     for key, tensor in checks.items():
         assert torch.equal(tensor, state[key]), key
-    assert torch.equal(parts["reference_unet"].conv_out.weight, torch.zeros_like(parts["reference_unet"].conv_out.weight))
+    assert torch.equal(
+        parts["reference_unet"].conv_out.weight, torch.zeros_like(parts["reference_unet"].conv_out.weight)
+    )
     # the teacher saved and reloaded gives the same ε (a v-prediction network's output converted)
     torch.manual_seed(0)
     h, f = model.config.latent_size, model.config.frames_per_clip
-    face = FaceConditions(torch.randn(1, 512), torch.rand(1, 3, 64, 64), {s: torch.rand(1, 3, s * s) for s in (8, 4, 2, 1)})
+    face = FaceConditions(
+        torch.randn(1, 512), torch.rand(1, 3, 64, 64), {s: torch.rand(1, 3, s * s) for s in (8, 4, 2, 1)}
+    )
     noisy, latents = torch.randn(1, f, 4, h, h), torch.randn(1, 3, 4, h, h)
     audio = torch.randn(1, f, 5, 64)
 
@@ -191,7 +200,11 @@ def test_renamed_key_fails_with_its_name(tmp_path, tiny_keys):
 
 
 def test_missing_key_fails_with_its_name(tmp_path, tiny_keys):
-    keys = {k: v for k, v in tiny_keys.items() if k != "denoising_unet.mid_block.motion_modules.0.temporal_transformer.norm.bias"}
+    keys = {
+        k: v
+        for k, v in tiny_keys.items()
+        if k != "denoising_unet.mid_block.motion_modules.0.temporal_transformer.norm.bias"
+    }
     _write_release(tmp_path / "pretrained", keys)
     with pytest.raises(CheckpointError, match=r"motion_modules\.layers\.\d+\.temporal_transformer\.norm\.bias"):
         import_hallo(tmp_path / "pretrained", tmp_path / "t", identity="none", frames_per_clip=4)
@@ -243,7 +256,9 @@ def test_perflow_targets_from_v_teacher_match_eqs_2_to_5():
         p.data.normal_(0, 0.05)
     ac = eps_alphas_cumprod(config, torch.float32)
     h, f, n = config.latent_size, config.frames_per_clip, 5
-    face = FaceConditions(torch.randn(1, 512), torch.rand(1, 3, 64, 64), {s: torch.rand(1, 3, s * s) for s in (8, 4, 2, 1)})
+    face = FaceConditions(
+        torch.randn(1, 512), torch.rand(1, 3, 64, 64), {s: torch.rand(1, 3, s * s) for s in (8, 4, 2, 1)}
+    )
     latents = torch.randn(1, 3, 4, h, h)
     z0, eps = torch.randn(1, f, 4, h, h), torch.randn(1, f, 4, h, h)
     no = torch.tensor([False])
