@@ -167,7 +167,8 @@ def ddim_step_v(v, z, t: int, t_prev: int, alphas_cumprod: torch.Tensor, final_a
     if t_prev >= 0:
         a_prev = ac[t_prev]
     else:
-        a_prev = ac[0] if final_alpha_cumprod is None else torch.as_tensor(final_alpha_cumprod, dtype=ac.dtype, device=ac.device)
+        final = ac[0] if final_alpha_cumprod is None else final_alpha_cumprod
+        a_prev = torch.as_tensor(final, dtype=ac.dtype, device=ac.device)
     b_t = 1 - a_t
     x0 = (a_t**0.5) * z - (b_t**0.5) * v
     eps = (a_t**0.5) * v + (b_t**0.5) * z

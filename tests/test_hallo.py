@@ -314,8 +314,9 @@ def hallo_teacher(tmp_path_factory) -> Path:
 
 def test_distill_from_v_prediction_teacher_is_finite(hallo_teacher, manifest, tmp_path):
     out = tmp_path / "student"
-    args = ["distill", "--teacher", str(hallo_teacher), "--manifest", str(manifest), "--out", str(out), "--mode",
-            "fast", "--steps", "2", "--batch-size", "1", "--solver-steps", "5", "--seed", "3", "--quiet", "--json"]  # fmt: skip
+    args = ["distill", "--teacher", str(hallo_teacher), "--manifest", str(manifest), "--out", str(out),
+            "--mode", "fast", "--steps", "2", "--batch-size", "1", "--solver-steps", "5", "--seed", "3",
+            "--quiet", "--json"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     with (out / "supervision.csv").open() as handle:
