@@ -238,7 +238,7 @@ class FadaModel(torch.nn.Module):
         """
         self.reference_unet.enable_gradient_checkpointing()
         self.denoising_unet.enable_gradient_checkpointing()
-        (self.temporal_layers or self.hallo.motion_modules).enable_gradient_checkpointing()
+        (self.temporal_layers if self.hallo is None else self.hallo.motion_modules).enable_gradient_checkpointing()
 
     def reset_counters(self) -> None:
         self.nfe_counter = self.denoising_net_calls = self.reference_net_calls = 0
