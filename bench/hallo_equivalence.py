@@ -85,6 +85,13 @@ def fada_side(work: Path) -> dict:
         v = model.denoise(noisy, float(t), tokens, reference, keep, keep, native=True)
         diffs[f"unet_output_t{t}"] = (v.permute(0, 2, 1, 3, 4) - io[f"v_t{t}"]).abs().max().item()
 
+    # (c) Hallo's wav2vec2 features (every layer, 25 fps before the transformer) from the release's wav2vec2 folder
+    from pipelines.audio import build_audio_encoder
+
+    expected = io["audio_features"]  # (T, L, D)
+    features = build_audio_encoder(model.config).frame_features(io["speech"], expected.shape[0])  # (T, L·D)
+    diffs["wav2vec2_features"] = (features - expected.flatten(1)).abs().max().item()
+
     # (b) DDIM, 40 steps, from Hallo's initial noise: fada's teacher strategy (multi-CFG with both scales = guidance)
     strategy = teacher_strategy(model.config)
     for guidance in (1.0, 3.5):

@@ -61,6 +61,25 @@ def rerandomise(module: torch.nn.Module, generator: torch.Generator) -> None:
                 p.copy_(0.05 * torch.randn(p.shape, generator=generator))
 
 
+def hallo_audio_features(folder: Path, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    from hallo.models.wav2vec import Wav2VecModel
+    from transformers import Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=False).save_pretrained(folder)  # fmt: skip
+    extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
+    encoder = Wav2VecModel.from_pretrained(folder, local_files_only=True)
+    speech = 0.1 * torch.randn(20_800, generator=generator)  # 1.3 s at 16 kHz
+    values = torch.from_numpy(extractor(speech.numpy(), sampling_rate=16000).input_values[0]).float()
+    seq_len = math.ceil(len(values) / 16000 * 25)
+    if seq_len % F:
+        values = torch.nn.functional.pad(values, (0, (F - seq_len % F) * 640))
+        seq_len += F - seq_len % F
+    with torch.no_grad():
+        hidden = encoder(values[None], seq_len=seq_len, output_hidden_states=True).hidden_states[1:]
+    return {"speech": speech, "audio_features": torch.stack(hidden, dim=1)[0].transpose(0, 1)}  # (T, L, D)
+
+
 def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
     if reference_fp32:
         # Hallo's `ReferenceAttentionControl.update(writer, dtype=torch.float16)` casts the reference features to
@@ -200,6 +219,9 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
                  motion_scale=[1.0, 1.0, 1.0], callback=lambda i, t, z: latents.append(z.clone()))  # fmt: skip
         tensors["ddim_cfg3.5"] = torch.stack(latents)
 
+    # (c) audio features: Hallo's AudioProcessor steps (feature extractor, pad to whole clips, Wav2VecModel with
+    # seq_len, hidden_states[1:]) on 1.3 s of noise, without its vocal separator
+    tensors |= hallo_audio_features(pretrained / "wav2vec" / "wav2vec2-base-960h", generator)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(work / "hallo_io.safetensors"))
     meta = {
         "torch": torch.__version__,

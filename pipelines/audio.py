@@ -210,8 +210,8 @@ class Wav2Vec2Encoder:
 class HalloWav2Vec2Encoder:
     """Hallo's wav2vec2 features: every hidden layer of a local `Wav2Vec2Model`, at 25 fps before the transformer.
 
-    As Hallo's `AudioProcessor` + `Wav2VecModel`: the waveform is normalised (zero mean, unit variance)
-    then zero-padded to the frames asked for; the convolutional features are linearly resampled
+    As Hallo's `AudioProcessor` + `Wav2VecModel`: the waveform is normalised (zero mean, unit variance),
+    then whole frames of silence follow its last (partial) frame up to the frames asked for; the convolutional features are linearly resampled
     (``align_corners=True``) to one per video frame before the projection and the transformer, and the
     outputs of its layers 1…L (not the embedding) are stacked per frame → (T, L·hidden). Hallo also
     separates the vocals first (an ONNX model); fada takes the speech as given. The whole file is
@@ -239,9 +239,11 @@ class HalloWav2Vec2Encoder:
     def frame_features(self, waveform: torch.Tensor, n_frames: int) -> torch.Tensor:
         """(S,) waveform → (n_frames, L·hidden): the L hidden layers of each frame, concatenated."""
         param = next(self.model.parameters())
-        wav = waveform.float().cpu()
+        wav = waveform.float().cpu()[: n_frames * SAMPLES_PER_FRAME]
         wav = (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + 1e-7)  # Wav2Vec2FeatureExtractor
-        wav = _fit_length(wav, n_frames * SAMPLES_PER_FRAME)[None].to(param.device, param.dtype)
+        # Hallo pads whole frames of silence after the speech's last (partial) frame, up to n_frames
+        heard = math.ceil(len(wav) / SAMPLES_PER_FRAME)
+        wav = F.pad(wav, (0, (n_frames - heard) * SAMPLES_PER_FRAME))[None].to(param.device, param.dtype)
         extracted = self.model.feature_extractor(wav)  # (1, C, L)
         extracted = F.interpolate(extracted.float(), size=n_frames, mode="linear", align_corners=True)
         hidden, _ = self.model.feature_projection(extracted.transpose(1, 2).to(param.dtype))  # (1, T, D)
