@@ -211,9 +211,10 @@ class HalloWav2Vec2Encoder:
     """Hallo's wav2vec2 features: every hidden layer of a local `Wav2Vec2Model`, at 25 fps before the transformer.
 
     As Hallo's `AudioProcessor` + `Wav2VecModel`: the waveform is normalised (zero mean, unit variance),
-    then whole frames of silence follow its last (partial) frame up to the frames asked for; the convolutional features are linearly resampled
-    (``align_corners=True``) to one per video frame before the projection and the transformer, and the
-    outputs of its layers 1…L (not the embedding) are stacked per frame → (T, L·hidden). Hallo also
+    then whole frames of silence follow its last (partial) frame up to the frames asked for; the
+    convolutional features are linearly resampled (``align_corners=True``) to one per video frame
+    before the projection and the transformer, and the outputs of its layers 1…L (not the embedding)
+    are stacked per frame → (T, L·hidden) — equal to Hallo's to 1.4e-6 (bench/hallo_equivalence.py). Hallo also
     separates the vocals first (an ONNX model); fada takes the speech as given. The whole file is
     encoded at once (`file_statistics`), so windows are exact slices and memory grows with the speech.
     """
