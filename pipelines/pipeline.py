@@ -236,6 +236,11 @@ class FadaPipeline:
         steps, frames_per_clip, motion_frames = check_config(config, model, strategy)
         scheduler = strategy.make_scheduler(steps)
         portrait = crop_portrait(portrait_rgb, model.config.sample_size, config.crop, config.crop_scale, name)
+        face = None
+        if model.hallo is not None:  # the hallo family's face inputs: identity embedding, face region, masks
+            from pipelines.hallo_inputs import face_conditions
+
+            face = face_conditions(portrait[None], model.config).to(device, self.dtype)
 
         # 2. the reference latent; the first clip's motion frames are the reference repeated
         with torch.no_grad():
@@ -255,7 +260,7 @@ class FadaPipeline:
         def clip_frames(clip: int, windows: AudioFeatureWindows) -> np.ndarray:
             nonlocal motion_latents
             # 3. reference features ONCE per clip, shared by every denoising step and branch; the clip's audio
-            reference = model.reference_features(reference_latent, motion_latents)
+            reference = model.reference_features(reference_latent, motion_latents, face)
             first = clip * frames_per_clip
             audio_tokens = model.audio_tokens(windows(first, first + frames_per_clip)[None].to(device))  # (1, F, N, D)
             # 4. denoising loop from seeded noise
