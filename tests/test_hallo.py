@@ -354,6 +354,21 @@ def test_distill_from_hallo_teacher_refuses_the_latent_cache_before_writing(hall
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("start", ["preset", "init_from"])
+def test_training_a_hallo_family_teacher_is_a_one_line_error_before_writing(hallo_teacher, manifest, tmp_path, start):
+    out = tmp_path / "teacher"
+    origin = ["--preset", "hallo-tiny"] if start == "preset" else ["--init-from", str(hallo_teacher)]
+    args = ["train-teacher", "--manifest", str(manifest), "--out", str(out), *origin, "--steps", "1", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "Error: training a hallo-family teacher is not supported (its loss would need the family's face inputs "
+        "and its own prediction target); import one with `fada import hallo` and distil it, or train a fada preset "
+        "(tiny, demo, sd15)."
+    )
+    assert not out.exists()
+
+
 @pytest.mark.slow  # 40 teacher DDIM steps × 3 branches per clip on the CPU
 def test_generate_with_hallo_teacher(hallo_teacher, manifest, tmp_path):
     from pipelines.media import read_video
