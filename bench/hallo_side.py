@@ -1,6 +1,8 @@
 """Hallo's side of `bench/hallo_equivalence.py`: run in HALLO's OWN environment, never imported by fada.
 
     PYTHONPATH=HALLO_SRC:STUB PY bench/hallo_side.py WORK [--reference-fp32] [--reference-cond-tokens]
+    PYTHONPATH=HALLO_SRC:STUB PY bench/hallo_side.py --fixture tests/data/hallo_forward.safetensors \
+        tests/data/hallo_tiny_keys.json        # the default tests' stored run of Hallo's code (`write_fixture`)
 
 Builds Hallo's networks exactly as its `scripts/inference.py` does (`UNet2DConditionModel.from_pretrained`,
 `UNet3DConditionModel.from_pretrained_2d` with `configs/inference/default.yaml`'s unet_additional_kwargs,
@@ -80,16 +82,17 @@ def hallo_audio_features(folder: Path, generator: torch.Generator) -> dict[str, 
     return {"speech": speech, "audio_features": torch.stack(hidden, dim=1)[0].transpose(0, 1)}  # (T, L, D)
 
 
-def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
-    if reference_fp32:
-        # Hallo's `ReferenceAttentionControl.update(writer, dtype=torch.float16)` casts the reference features to
-        # fp16 even in an fp32 run (a no-op in its fp16 inference); keep them in fp32 to compare the structure
-        update = ReferenceAttentionControl.update
-        ReferenceAttentionControl.update = lambda self, writer, dtype=torch.float32: update(self, writer, dtype)
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(1234)
-    pretrained = work / "pretrained"
-    # 1. the release folder's config files and component weights (random, then re-randomised in the Net)
+def patch_reference_fp32() -> None:
+    """Hallo's `ReferenceAttentionControl.update(writer, dtype=torch.float16)` casts the reference features to
+    fp16 even in an fp32 run (a no-op in its fp16 inference); keep them in fp32 to compare the structure."""
+    update = ReferenceAttentionControl.update
+    ReferenceAttentionControl.update = lambda self, writer, dtype=torch.float32: update(self, writer, dtype)
+
+
+def build_networks(pretrained: Path, generator: torch.Generator, reference_cond_tokens: bool):
+    """The release folder's config files and VAE (random), and Hallo's Net as scripts/inference.py builds it:
+    (cfg, vae, {net.pth prefix: module}), every module frozen."""
+    # the release folder's config files and component weights (random; the caller sets the Net's)
     unet_dir = pretrained / "stable-diffusion-v1-5" / "unet"
     UNet2DConditionModel(**{k: v for k, v in UNET.items() if k != "out_channels"}).save_pretrained(unet_dir)
     config = json.loads((unet_dir / "config.json").read_text())
@@ -103,7 +106,7 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
     Wav2Vec2Model(Wav2Vec2Config(**WAV2VEC)).save_pretrained(pretrained / "wav2vec" / "wav2vec2-base-960h")
     (pretrained / "face_analysis" / "models").mkdir(parents=True, exist_ok=True)
 
-    # 2. Hallo's Net, as scripts/inference.py builds it
+    # Hallo's Net, as scripts/inference.py builds it
     cfg = OmegaConf.load("configs/inference/default.yaml")
     cfg.unet_additional_kwargs.audio_attention_dim = UNET["cross_attention_dim"]  # 768 at full size, as the UNet's
     reference_unet = UNet2DConditionModel.from_pretrained(pretrained / "stable-diffusion-v1-5", subfolder="unet")
@@ -137,13 +140,16 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
                "imageproj": image_proj, "audioproj": audio_proj}  # fmt: skip
     for module in modules.values():
         module.requires_grad_(False)
-        rerandomise(module, generator)
-    state = {f"{prefix}.{k}": v for prefix, m in modules.items() for k, v in m.state_dict().items()}
-    (pretrained / "hallo").mkdir(parents=True, exist_ok=True)
-    torch.save(state, pretrained / "hallo" / "net.pth")
-    (work / "hallo_keys.json").write_text(json.dumps({k: list(v.shape) for k, v in state.items()}))
+    return cfg, vae, modules
 
-    # 3. inputs: reference + motion-frame pixels, face embedding, face region, masks, audio windows
+
+def run_hallo(cfg, vae, modules: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random inputs (from ``generator``) and Hallo's outputs: (a) one denoising-UNet forward at t = 999 and 500,
+    (b) 40 DDIM steps with guidance 1 and 3.5 (latents after every step)."""
+    reference_unet, denoising_unet, face_locator = (modules[k] for k in ("reference_unet", "denoising_unet",
+                                                                         "face_locator"))  # fmt: skip
+    image_proj, audio_proj = modules["imageproj"], modules["audioproj"]
+    # inputs: reference + motion-frame pixels, face embedding, face region, masks, audio windows
     h = SIZE // 8
     images = torch.rand(1, 1 + M, 3, SIZE, SIZE, generator=generator) * 2 - 1  # (1, 1+M, 3, H, W) in [-1, 1]
     face_emb = torch.randn(1, 512, generator=generator)
@@ -218,7 +224,24 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
                  num_inference_steps=40, guidance_scale=3.5, generator=torch.manual_seed(42),
                  motion_scale=[1.0, 1.0, 1.0], callback=lambda i, t, z: latents.append(z.clone()))  # fmt: skip
         tensors["ddim_cfg3.5"] = torch.stack(latents)
+    return tensors
 
+
+def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
+    if reference_fp32:
+        patch_reference_fp32()
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1234)
+    pretrained = work / "pretrained"
+    cfg, vae, modules = build_networks(pretrained, generator, reference_cond_tokens)
+    for module in modules.values():
+        rerandomise(module, generator)
+    state = {f"{prefix}.{k}": v for prefix, m in modules.items() for k, v in m.state_dict().items()}
+    (pretrained / "hallo").mkdir(parents=True, exist_ok=True)
+    torch.save(state, pretrained / "hallo" / "net.pth")
+    (work / "hallo_keys.json").write_text(json.dumps({k: list(v.shape) for k, v in state.items()}))
+
+    tensors = run_hallo(cfg, vae, modules, generator)
     # (c) audio features: Hallo's AudioProcessor steps (feature extractor, pad to whole clips, Wav2VecModel with
     # seq_len, hidden_states[1:]) on 1.3 s of noise, without its vocal separator
     tensors |= hallo_audio_features(pretrained / "wav2vec" / "wav2vec2-base-960h", generator)
@@ -227,8 +250,8 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
         "torch": torch.__version__,
         "diffusers": __import__("diffusers").__version__,
         "transformers": __import__("transformers").__version__,
-        "denoising_unet_training_mode": denoising_unet.training,
-        "reference_unet_training_mode": reference_unet.training,
+        "denoising_unet_training_mode": modules["denoising_unet"].training,
+        "reference_unet_training_mode": modules["reference_unet"].training,
         "net_keys": len(state),
         "frames": F,
         "motion_frames": M,
@@ -242,5 +265,58 @@ def main(work: Path, reference_fp32: bool, reference_cond_tokens: bool) -> None:
     print(json.dumps(meta))
 
 
+def recipe_weights(keys: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The same recipe as `tests/test_hallo.py::recipe_weights` (keep the two equal; the test checks the sums)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name in sorted(keys):
+        shape = tuple(keys[name])
+        noise = torch.randn(shape, generator=generator)
+        if len(shape) >= 2:
+            state[name] = noise / math.sqrt(math.prod(shape[1:]))
+        elif name.endswith("weight"):
+            state[name] = 1 + 0.1 * noise
+        else:
+            state[name] = 0.05 * noise
+    return state
+
+
+def write_fixture(out: Path, keys_file: Path) -> None:
+    """tests/data/hallo_forward.safetensors: `run_hallo` on Hallo's Net holding `recipe_weights` of the hallo-tiny
+    keys, with the equivalence bench's two patches (fp32 reference features, conditional reference tokens under
+    CFG). Kept: the inputs the denoising net sees, v at t = 999 and 500, and the initial noise and first two of 40
+    DDIM steps of Hallo's pipeline with guidance 3.5; and each recipe tensor's sum of |w| (float64, key order)."""
+    import tempfile
+
+    patch_reference_fp32()
+    torch.manual_seed(0)
+    keys = json.loads(keys_file.read_text())
+    state = recipe_weights(keys)
+    with tempfile.TemporaryDirectory() as tmp:
+        generator = torch.Generator().manual_seed(1234)
+        cfg, vae, modules = build_networks(Path(tmp) / "pretrained", generator, reference_cond_tokens=True)
+        own = {f"{prefix}.{k}": v for prefix, m in modules.items() for k, v in m.state_dict().items()}
+        if {k: list(v.shape) for k, v in own.items()} != keys:
+            raise SystemExit(f"Hallo's Net at the hallo-tiny sizes does not have the keys of {keys_file}")
+        for prefix, module in modules.items():
+            module.load_state_dict({k.removeprefix(f"{prefix}."): v for k, v in state.items()
+                                    if k.startswith(f"{prefix}.")}, strict=True)  # fmt: skip
+        tensors = run_hallo(cfg, vae, modules, generator)
+    kept = {k: v for k, v in tensors.items() if k.startswith(("mask_", "v_t")) or k in ("face_emb", "audio", "noisy")}
+    kept["ref_latents"] = tensors["ref_latents"]  # the pixels stay here: both sides start from the same latents
+    kept["region"] = tensors["region"].to(torch.uint8)  # a 0/1 mask
+    kept["ddim_cfg3.5"] = tensors["ddim_cfg3.5"][:3]  # Hallo's own pipeline, all three branches in play
+    kept["weight_abs_sums"] = torch.tensor(
+        [state[k].double().abs().sum().item() for k in sorted(state)], dtype=torch.float64
+    )
+    metadata = {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__,
+                "written_by": "bench/hallo_side.py --fixture", "keys": str(keys_file.name)}  # fmt: skip
+    save_file({k: v.contiguous() for k, v in kept.items()}, str(out), metadata=metadata)
+    print(json.dumps(metadata | {"bytes": out.stat().st_size}))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), "--reference-fp32" in sys.argv[2:], "--reference-cond-tokens" in sys.argv[2:])
+    if sys.argv[1] == "--fixture":
+        write_fixture(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        main(Path(sys.argv[1]), "--reference-fp32" in sys.argv[2:], "--reference-cond-tokens" in sys.argv[2:])

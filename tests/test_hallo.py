@@ -2,7 +2,8 @@
 teacher's save/reload, and PeRFlow distillation from a v-prediction teacher (docs/DESIGN.md §3c, §4).
 
 Key names and shapes come from Hallo's own code (`bench/hallo_side.py` wrote them at the hallo-tiny
-sizes; `tests/data/hallo_sd15_keys.json.gz` at Hallo's released sizes); the tensors are made here.
+sizes; `tests/data/hallo_sd15_keys.json.gz` at Hallo's released sizes); the tensors are made here
+(`recipe_weights`), and `tests/data/hallo_forward.safetensors` holds Hallo's outputs for the same weights.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import datetime
 import gzip
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -105,10 +107,31 @@ def test_eps_schedule_floor_keeps_window_4_finite():
 # --- the strict key map ---------------------------------------------------------------------------
 
 
+def recipe_weights(keys: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """net.pth tensors for ``keys`` (name → shape), every one random (zero-initialised layers too).
+
+    In name order from one generator seeded ``seed``: matrices and convolutions N(0, 1/fan_in), other
+    weights (norm scales) 1 + 0.1·N(0, 1), the rest 0.05·N(0, 1). `bench/hallo_side.py --fixture` loads
+    the same recipe into Hallo's own networks (torch's CPU generator gives the same numbers in Hallo's
+    torch 2.2.2 and fada's torch).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name in sorted(keys):
+        shape = tuple(keys[name])
+        noise = torch.randn(shape, generator=generator)
+        if len(shape) >= 2:
+            state[name] = noise / math.sqrt(math.prod(shape[1:]))
+        elif name.endswith("weight"):
+            state[name] = 1 + 0.1 * noise
+        else:
+            state[name] = 0.05 * noise
+    return state
+
+
 def _write_release(folder: Path, keys: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """A Hallo release folder at the hallo-tiny sizes: config files, a random VAE and net.pth of ``keys``."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {k: 0.05 * torch.randn(shape, generator=generator) for k, shape in keys.items()}  # small: finite outputs
+    state = recipe_weights(keys, seed)
     (folder / "hallo").mkdir(parents=True)
     torch.save(state, folder / "hallo" / "net.pth")
     unet = folder / "stable-diffusion-v1-5" / "unet"
@@ -133,9 +156,14 @@ def imported(tmp_path_factory, tiny_keys):
     return import_hallo(root / "pretrained", root / "teacher", identity="none", frames_per_clip=4), state
 
 
-def test_import_maps_every_key_and_reloads(imported):
+@pytest.fixture(scope="module")
+def imported_model(imported) -> FadaModel:
+    return FadaModel.from_checkpoint(imported[0], expect_stage="teacher").eval()
+
+
+def test_import_maps_every_key_and_reloads(imported, imported_model):
     teacher, state = imported
-    model = FadaModel.from_checkpoint(teacher, expect_stage="teacher")
+    model = imported_model
     assert model.config.family == "hallo" and model.config.prediction_type == "v_prediction"
     assert model.config.audio_feature_dim == 64 and model.config.audio_window == 2 and model.config.audio_tokens == 4
     parts = model.components()
@@ -175,6 +203,51 @@ def test_import_maps_every_key_and_reloads(imported):
 
     again = FadaModel.from_checkpoint(teacher, expect_stage="teacher")
     assert torch.equal(eps(model), eps(again)) and torch.isfinite(eps(model)).all()
+
+
+def test_imported_teacher_matches_hallos_own_forward(imported, imported_model):
+    """A stored run of Hallo's own code (tests/data/hallo_forward.safetensors, 63 KB, written by
+    `bench/hallo_side.py --fixture` in Hallo's environment from the same `recipe_weights`): one
+    denoising-UNet forward at t = 999 and 500, and the first two of 40 DDIM steps of Hallo's pipeline with
+    CFG 3.5, through the imported teacher, to ≤ 1e-4.
+
+    Hallo's side runs with the two patches of the equivalence bench's third variant (reference features
+    kept fp32; every reference image reads the conditional identity tokens under CFG), where the two codes
+    agree to ≤ 1e-4 (bench/results/hallo_equivalence.md). A merge that breaks the family's forward, the key
+    map or the v-prediction sampler fails here.
+    """
+    from safetensors.torch import load_file
+
+    from pipelines.generate import GenerateConfig, teacher_strategy
+
+    _, state = imported
+    stored = load_file(str(DATA / "hallo_forward.safetensors"))
+    sums = torch.tensor([state[k].double().abs().sum().item() for k in sorted(state)], dtype=torch.float64)
+    assert torch.allclose(sums, stored["weight_abs_sums"], rtol=1e-6), "recipe_weights no longer gives the fixture's"
+    model = imported_model
+    h = model.config.latent_size
+    latents = stored["ref_latents"]  # (1+M, 4, h, w), from Hallo's VAE
+    masks = {h // 2**i: torch.stack([stored[f"mask_{k}_{i}"][0] for k in ("full", "face", "lip")])[None]
+             for i in range(4)}  # fmt: skip
+    face = FaceConditions(stored["face_emb"], stored["region"].float(), masks)
+    keep = torch.zeros(1, dtype=torch.bool)
+    with torch.no_grad():
+        reference = model.reference_features(latents[None, 0], latents[None, 1:], face)
+        tokens = model.audio_tokens(stored["audio"].flatten(3))  # (1, F, W, layers·hidden)
+        noisy = stored["noisy"].permute(0, 2, 1, 3, 4)  # Hallo's (1, 4, F, h, w) → (1, F, 4, h, w)
+        for t in (999, 500):
+            expected = stored[f"v_t{t}"]
+            assert expected.abs().max().item() > 0.5  # a real output, not a trivially equal zero
+            v = model.denoise(noisy, float(t), tokens, reference, keep, keep, native=True)
+            assert (v.permute(0, 2, 1, 3, 4) - expected).abs().max().item() <= 1e-4, t
+        # Hallo's sampler: 40 trailing v-prediction DDIM steps, CFG 3.5 = fada's cfg_audio = cfg_ref = 3.5
+        strategy, config = teacher_strategy(model.config), GenerateConfig(cfg_audio=3.5, cfg_ref=3.5)
+        scheduler = strategy.make_scheduler(40)
+        expected = stored["ddim_cfg3.5"]  # (3, 1, 4, F, h, w): the initial noise, then steps 1 and 2
+        z = expected[0].permute(0, 2, 1, 3, 4)
+        for i in (0, 1):
+            z = scheduler.step(strategy.guided_eps(model, z, scheduler.timesteps[i], tokens, reference, config), z, i)
+            assert (z.permute(0, 2, 1, 3, 4) - expected[i + 1]).abs().max().item() <= 1e-4, i + 1
 
 
 def test_info_shows_source_and_hash(imported):
