@@ -40,6 +40,7 @@ def command(
     typer.echo(f"sampler     {summary.sampler}: {summary.default_steps} steps, NFE {summary.nfe_per_clip} per clip, "
                f"cfg ref {summary.default_cfg_ref}")  # fmt: skip
     typer.echo(f"hash        {summary.hash}")
+    typer.echo(f"source      {summary.source}")
     if summary.stage == "student":
         match = {True: "matches", False: "DIFFERS", None: "not found to check"}[summary.teacher_matches]
         typer.echo(f"teacher     {summary.teacher_hash} at {summary.teacher_path} ({match})")

@@ -16,6 +16,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,24 @@ from typer.core import TyperGroup
 from fada_cli.options import cli_message
 from pipelines.errors import FadaError
 
-# subcommand → the module of fada_cli whose `command` function it runs, in the order `fada --help` lists them
-COMMANDS = {
+
+@dataclass(frozen=True)
+class Group:
+    """A subcommand that holds subcommands (``fada import hallo``), registered as lazily as the rest."""
+
+    summary: str  # its line in `fada --help`
+    commands: dict[str, str]  # subcommand → module of fada_cli, as in `COMMANDS`
+
+
+# subcommand → the module of fada_cli whose `command` function it runs (or a `Group` of them), in the order
+# `fada --help` lists them
+COMMANDS: dict[str, str | Group] = {
     "demo-data": "demo_data",
     "curate": "curate",
     "train-teacher": "train_teacher",
+    "import": Group(
+        "Import an existing teacher (Hallo/Hallo2) as a fada teacher checkpoint.", {"hallo": "import_hallo"}
+    ),
     "distill": "distill",
     "generate": "generate",
     "eval": "evaluate",
@@ -42,27 +56,36 @@ COMMANDS = {
 
 
 class LazyCommands(TyperGroup):
-    """The subcommands of `COMMANDS`, each imported when it is invoked (or its own help is asked for)."""
+    """The subcommands of `COMMANDS` (or of a `Group`), each imported when it is invoked (or its own help is
+    asked for)."""
+
+    def __init__(self, *args, registry: dict[str, str | Group] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.registry = COMMANDS if registry is None else registry
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return list(self.registry)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.commands:
             return self.commands[name]
-        if name not in COMMANDS:
+        if name not in self.registry:
             return None
-        summary = command_summary(COMMANDS[name])
+        summary = command_summary(self.registry[name])
         return click.Command(name, help=summary, short_help=summary)  # for the list in `fada --help`
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
-        if args and args[0] in COMMANDS and args[0] not in self.commands:
-            self.commands[args[0]] = load_command(args[0])
+        if args and args[0] in self.registry and args[0] not in self.commands:
+            self.commands[args[0]] = load_command(args[0], self.registry[args[0]])
         return super().resolve_command(ctx, args)
 
 
-def command_summary(module: str) -> str:
-    """The first line of ``fada_cli.<module>.command``'s docstring, read from the source (no import)."""
+def command_summary(entry: str | Group) -> str:
+    """A group's summary, or the first line of ``fada_cli.<module>.command``'s docstring, read from the source
+    (no import)."""
+    if isinstance(entry, Group):
+        return entry.summary
+    module = entry
     origin = importlib.util.find_spec(f"fada_cli.{module}").origin
     tree = ast.parse(Path(origin).read_text())
     function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "command")
@@ -74,7 +97,7 @@ app = typer.Typer(
     name="fada",
     help=(
         "Fast audio-driven talking-portrait diffusion (FADA, arXiv 2412.16915).\n\n"
-        "Lifecycle: demo-data → curate → train-teacher → distill → generate → eval."
+        "Lifecycle: demo-data → curate → train-teacher (or import hallo) → distill → generate → eval."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -118,9 +141,12 @@ def help_text(docstring: str) -> str:
     return "\n\n".join(p if p.startswith(" ") else " ".join(p.split("\n")) for p in paragraphs)
 
 
-def load_command(name: str) -> click.Command:
-    """The click command of subcommand ``name``: its module imported, its errors reported as one line."""
-    command = importlib.import_module(f"fada_cli.{COMMANDS[name]}").command
+def load_command(name: str, entry: str | Group) -> click.Command:
+    """The click command of subcommand ``name``: its module imported, its errors reported as one line (a
+    group: its own lazy subcommands, nothing imported yet)."""
+    if isinstance(entry, Group):
+        return LazyCommands(name=name, help=entry.summary, no_args_is_help=True, registry=entry.commands)
+    command = importlib.import_module(f"fada_cli.{entry}").command
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
     single.command(name, help=help_text(command.__doc__ or ""))(report_errors(command))
     return typer.main.get_command(single)
@@ -142,7 +168,7 @@ def _root(
 ) -> None:
     """Fast audio-driven talking-portrait diffusion (FADA, arXiv 2412.16915).
 
-    Lifecycle: demo-data → curate → train-teacher → distill → generate → eval.
+    Lifecycle: demo-data → curate → train-teacher (or import hallo) → distill → generate → eval.
     """
 
 

@@ -182,6 +182,8 @@ FLAGS = {
     "thresholds": "--thresholds", "min_seconds": "--min-seconds", "max_seconds": "--max-seconds",
     "minutes": "--minutes", "generate_steps": "--generate-steps", "clips": "--clips", "identities": "--identities",
     "seconds": "--seconds",
+    # importing a teacher (`pipelines.hallo.import_hallo`; `out`, `overwrite`, `frames_per_clip` as above)
+    "identity": "--identity",
 }  # fmt: skip
 FIELD = re.compile(r"`([a-z][a-z0-9_]*)`")
 

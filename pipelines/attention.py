@@ -52,6 +52,7 @@ class FadaAttentionState:
     reference: dict[str, torch.Tensor] | None = None  # denoising net: layer name → features (S, (1+M)·L, C)
     reference_keep: torch.Tensor | None = None  # (S,) bool, False = reference dropped; None = kept for all
     cfg_tokens: torch.Tensor | None = None  # (S·F, n_tokens, D_cross) CFG embedding tokens (student)
+    hallo: object | None = None  # hallo family: `hallo_modules.HalloState` (audio tokens, masks, motion frames)
 
 
 def attend(attn: Attention, queries: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None):

@@ -207,7 +207,73 @@ class Wav2Vec2Encoder:
         return (1 - weight) * hidden[lower] + weight * hidden[upper]  # (stop − start, D)
 
 
-AudioEncoder = MelEncoder | Wav2Vec2Encoder
+class HalloWav2Vec2Encoder:
+    """Hallo's wav2vec2 features: every hidden layer of a local `Wav2Vec2Model`, at 25 fps before the transformer.
+
+    As Hallo's `AudioProcessor` + `Wav2VecModel`: the waveform is normalised (zero mean, unit variance),
+    then whole frames of silence follow its last (partial) frame up to the frames asked for; the
+    convolutional features are linearly resampled (``align_corners=True``) to one per video frame
+    before the projection and the transformer, and the outputs of its layers 1…L (not the embedding)
+    are stacked per frame → (T, L·hidden) — equal to Hallo's to 1.4e-6 (bench/hallo_equivalence.py). Hallo also
+    separates the vocals first (an ONNX model); fada takes the speech as given. The whole file is
+    encoded at once (`file_statistics`), so windows are exact slices and memory grows with the speech.
+    """
+
+    def __init__(self, path: str | Path, window: int = 2):
+        from transformers import Wav2Vec2Model
+
+        self.window = window
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise InputFileError(
+                f"wav2vec2 folder {str(folder)!r} has no config.json; pass Hallo's wav2vec/wav2vec2-base-960h folder."
+            )
+        self.model = Wav2Vec2Model.from_pretrained(folder, local_files_only=True).eval()
+        self.context_frames = 1  # a stream re-encodes all the audio heard so far for each clip
+        self.feature_dim = self.model.config.num_hidden_layers * self.model.config.hidden_size
+
+    def to(self, device: torch.device | str) -> HalloWav2Vec2Encoder:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def frame_features(self, waveform: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """(S,) waveform → (n_frames, L·hidden): the L hidden layers of each frame, concatenated."""
+        param = next(self.model.parameters())
+        wav = waveform.float().cpu()[: n_frames * SAMPLES_PER_FRAME]
+        wav = (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + 1e-7)  # Wav2Vec2FeatureExtractor
+        # Hallo pads whole frames of silence after the speech's last (partial) frame, up to n_frames
+        heard = math.ceil(len(wav) / SAMPLES_PER_FRAME)
+        wav = F.pad(wav, (0, (n_frames - heard) * SAMPLES_PER_FRAME))[None].to(param.device, param.dtype)
+        extracted = self.model.feature_extractor(wav)  # (1, C, L)
+        extracted = F.interpolate(extracted.float(), size=n_frames, mode="linear", align_corners=True)
+        hidden, _ = self.model.feature_projection(extracted.transpose(1, 2).to(param.dtype))  # (1, T, D)
+        # the outputs of layers 1…L (transformers' hidden_states[1:]), read with forward hooks: recent transformers
+        # record them only at the model level; the last is the encoder's output (after its final norm, if any)
+        outputs: list[torch.Tensor] = []
+        hooks = [
+            layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
+            for layer in self.model.encoder.layers
+        ]
+        try:
+            last = self.model.encoder(hidden).last_hidden_state
+        finally:
+            for hook in hooks:
+                hook.remove()
+        layers = [*outputs[:-1], last]  # L × (1, T, D)
+        return torch.cat([h[0].float() for h in layers], dim=-1).cpu()  # (T, L·D)
+
+    def file_statistics(self, waveform: torch.Tensor, n_frames: int) -> dict[str, torch.Tensor]:
+        """The whole file's features (Hallo encodes the whole speech at once)."""
+        return {"features": self.frame_features(waveform, n_frames)}
+
+    def frame_features_window(self, waveform, n_frames, start, stop, device=None, statistics=None) -> torch.Tensor:
+        """`frame_features(waveform, n_frames)[start:stop]` exactly."""
+        stats = self.file_statistics(waveform, n_frames) if statistics is None else statistics
+        return stats["features"][start:stop]
+
+
+AudioEncoder = MelEncoder | Wav2Vec2Encoder | HalloWav2Vec2Encoder
 
 
 def build_audio_encoder(config: ModelConfig) -> AudioEncoder:
@@ -215,8 +281,13 @@ def build_audio_encoder(config: ModelConfig) -> AudioEncoder:
     if config.audio_encoder == "mel":
         return MelEncoder(config.n_mels, config.audio_window)
     if config.audio_encoder_path is None:
-        raise UsageError("`audio_encoder` wav2vec2 needs a local folder; pass `audio_encoder_path` PATH.")
-    encoder = Wav2Vec2Encoder(config.audio_encoder_path, config.audio_window)
+        raise UsageError(
+            f"`audio_encoder` {config.audio_encoder!r} needs a local folder; pass `audio_encoder_path` PATH."
+        )
+    if config.audio_encoder == "hallo-wav2vec2":
+        encoder = HalloWav2Vec2Encoder(config.audio_encoder_path, config.audio_window)
+    else:
+        encoder = Wav2Vec2Encoder(config.audio_encoder_path, config.audio_window)
     if encoder.feature_dim != config.audio_feature_dim:
         raise UsageError(
             f"wav2vec2 at {config.audio_encoder_path!r} gives {encoder.feature_dim}-d features but the model expects "

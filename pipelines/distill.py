@@ -42,8 +42,17 @@ from pipelines.data import batch_latents
 from pipelines.errors import UsageError
 from pipelines.model import FadaModel
 from pipelines.model_config import CFG_CONDITIONINGS, ModelConfig
-from pipelines.schedulers import add_noise, sd15_alphas_cumprod, solve_window
-from pipelines.training import LOG_FILE, Run, Stage, TrainConfig, TrainLogs, motion_weights, sample_condition_dropout
+from pipelines.schedulers import add_noise, eps_alphas_cumprod, solve_window
+from pipelines.training import (
+    LOG_FILE,
+    Resolved,
+    Run,
+    Stage,
+    TrainConfig,
+    TrainLogs,
+    motion_weights,
+    sample_condition_dropout,
+)
 
 STAGE = "student"
 MODES = ("fast", "balanced")
@@ -138,10 +147,17 @@ class DistillStage(Stage):
     def model_config(self, model_config: ModelConfig, config: DistillConfig) -> ModelConfig:
         return dataclasses.replace(model_config, cfg_conditioning=config.cfg_conditioning)
 
+    def check(self, resolved: Resolved) -> None:
+        if resolved.model_config.family == "hallo" and resolved.config.latent_cache is not None:
+            raise UsageError(_HALLO_NEEDS_PIXELS)  # before anything is written (`family_inputs` reads the pixels)
+
     def build_model(self, run: Run) -> FadaModel:
         """The frozen teacher on the device; the student: the teacher + zero-initialised CFG conditioning
         (or the saved student on resume). Then the teacher in the autocast dtype, at half the memory."""
-        self.config, self.alphas_cumprod = run.config, sd15_alphas_cumprod(torch.float32).to(run.device)
+        self.config = run.config
+        # the schedule ε lives on: SD1.5's, or a zero-SNR model's with ᾱ floored (schedulers.ALPHA_BAR_FLOOR,
+        # docs/DESIGN.md §4)
+        self.alphas_cumprod = eps_alphas_cumprod(run.model_config, torch.float32).to(run.device)
         self.teacher = FadaModel.from_checkpoint(self.teacher_path, expect_stage="teacher").to(run.device)
         self.teacher.eval().requires_grad_(False)
         student = super().build_model(run)
@@ -237,9 +253,10 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
     z_end_true = add_noise(z0, eps, fada_math.boundary_index((k - 1) / K), alphas_cumprod)
 
     # 3. the frozen teacher solves the window (Eq. 2): multi-CFG (fast) or the dropped conditions (balanced)
+    face = family_inputs(teacher, batch)  # hallo family: the references' face inputs (None for fada's own)
     with torch.no_grad():
         tokens = teacher.audio_tokens(batch["audio_features"])  # (B, F, N, D)
-        reference = teacher.condition_reference(reference_latent, motion_latents, drop_reference)
+        reference = teacher.condition_reference(reference_latent, motion_latents, drop_reference, face)
 
         def teacher_eps(z, index):
             if fast:
@@ -266,6 +283,7 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
         drop_audio.repeat(2),
         drop_reference.repeat(2),
         scales,
+        **({} if face is None else {"face": face}),
     )
     pred_distill, pred_gt = pred.float().chunk(2)
 
@@ -287,6 +305,22 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
         "weight": weight.detach(),
     }
     return loss, record
+
+
+_HALLO_NEEDS_PIXELS = (
+    "distilling a hallo-family teacher needs the reference frames' pixels (its face inputs); leave `latent_cache` off."
+)
+
+
+def family_inputs(model: FadaModel, batch: dict):
+    """The hallo family's face inputs of a batch's references (`pipelines.hallo_inputs`), on the model's device."""
+    if model.hallo is None:
+        return None
+    if "reference" not in batch:
+        raise UsageError(_HALLO_NEEDS_PIXELS)
+    from pipelines.hallo_inputs import face_conditions, images_to_uint8
+
+    return face_conditions(images_to_uint8(batch["reference"]), model.config).to(model.device, model.dtype)
 
 
 def _uniform(bounds: tuple[float, float], b: int, generator) -> torch.Tensor:

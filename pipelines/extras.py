@@ -2,8 +2,11 @@
 
 ``pip install fada`` brings what the lifecycle and `fada demo` need; `fada serve` needs
 ``fada[serve]`` (gradio), ``fada curate --engine ray`` needs ``fada[ray]`` and ``--optimizer
-adamw8bit`` needs ``fada[train]`` (bitsandbytes); ``fada[all]`` brings all three. A missing one
-is a one-line error that names its extra.
+adamw8bit`` needs ``fada[train]`` (bitsandbytes); ``fada[all]`` brings all three. The hallo
+family's face embedding (``identity_encoder`` insightface) needs ``fada[insightface]``, which
+``fada[all]`` leaves out: InsightFace's models are for non-commercial research only, and its
+package builds from source (no wheel on PyPI), so a user opts in. A missing one is a one-line
+error that names its extra.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from types import ModuleType
 
 from pipelines.errors import FadaError
 
-EXTRAS = {"gradio": "serve", "ray": "ray", "bitsandbytes": "train"}  # module -> the extra that installs it
+# module -> the extra that installs it
+EXTRAS = {"gradio": "serve", "ray": "ray", "bitsandbytes": "train", "insightface": "insightface"}
 
 
 class MissingExtraError(FadaError):

@@ -19,6 +19,7 @@ and only logs a warning; speech shorter than one video frame (40 ms) is an error
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,8 +39,9 @@ from pipelines.checkpoint import CheckpointInfo, load_checkpoint_info
 from pipelines.errors import CheckpointError, InputFileError, MediaError, UsageError
 from pipelines.faces import detect_faces, square_crop_box
 from pipelines.model import FadaModel
+from pipelines.model_config import ModelConfig
 from pipelines.progress import log
-from pipelines.schedulers import DDIMSampler, PeRFlowScheduler
+from pipelines.schedulers import DDIMSampler, PeRFlowScheduler, eps_alphas_cumprod
 
 MIN_AUDIO_S = 1 / media.VIDEO_FPS  # shortest speech that makes one video frame (40 ms)
 
@@ -131,22 +133,55 @@ def cfg_token_eps(model: FadaModel, z, timestep: float, audio_tokens, reference,
     return eps.float()
 
 
+def multi_cfg_native(model: FadaModel, z, timestep: float, audio_tokens, reference, config: GenerateConfig):
+    """`multi_cfg_eps` on the network's own outputs (v for a v-prediction teacher; Eq. 9 is linear in them),
+    for `DDIMSampler` steps that take v (exact at zero terminal SNR)."""
+    branches = model.denoise_multi_cfg(z.to(model.dtype), float(timestep), audio_tokens, reference, native=True)
+    return fada_math.multi_cfg(*(b.float() for b in branches), config.cfg_audio, config.cfg_ref)
+
+
 TEACHER_DDIM = SamplingStrategy(
     name="ddim-multi-cfg", default_steps=25, make_scheduler=DDIMSampler, guided_eps=multi_cfg_eps
 )
+HALLO_DDIM_STEPS = 40  # Hallo's inference_steps
 STUDENT_MODES = ("balanced", "fast")  # modes `fada distill` writes
 
 
-def strategy_for(stage: str, mode: str, checkpoint: Path, windows: int = 4) -> SamplingStrategy:
-    """The sampling strategy of a checkpoint's stage/mode: teacher DDIM, student PeRFlow over K windows."""
-    if stage == "teacher":
+def teacher_strategy(model_config: ModelConfig | None) -> SamplingStrategy:
+    """DDIM over the model's schedule: SD1.5's (`TEACHER_DDIM`), or e.g. Hallo's v-prediction zero-SNR trailing one."""
+    if model_config is None or (
+        model_config.prediction_type != "v_prediction" and model_config == _with_sd15(model_config)
+    ):
         return TEACHER_DDIM
+    v = model_config.prediction_type == "v_prediction"
+    return SamplingStrategy(
+        name="ddim-multi-cfg",
+        default_steps=HALLO_DDIM_STEPS if model_config.family == "hallo" else 25,
+        make_scheduler=lambda steps: DDIMSampler.for_model(model_config, steps),
+        guided_eps=multi_cfg_native if v else multi_cfg_eps,
+    )
+
+
+def _with_sd15(config: ModelConfig) -> ModelConfig:
+    return dataclasses.replace(config, beta_schedule="scaled_linear", zero_terminal_snr=False,
+                               timestep_spacing="leading", set_alpha_to_one=False)  # fmt: skip
+
+
+def strategy_for(
+    stage: str, mode: str, checkpoint: Path, windows: int = 4, model_config: ModelConfig | None = None
+) -> SamplingStrategy:
+    """The sampling strategy of a checkpoint's stage/mode: teacher DDIM, student PeRFlow over K windows.
+
+    ``model_config`` selects the model's own schedule (default: SD1.5's)."""
+    if stage == "teacher":
+        return teacher_strategy(model_config)
     if stage == "student" and mode in STUDENT_MODES:
         fast = mode == "fast"
+        alphas_cumprod = None if model_config is None else eps_alphas_cumprod(model_config)
         return SamplingStrategy(
             name="perflow-cfg-tokens" if fast else "perflow-multi-cfg",
             default_steps=6,
-            make_scheduler=lambda steps: PeRFlowScheduler(steps, K=windows),
+            make_scheduler=lambda steps: PeRFlowScheduler(steps, K=windows, alphas_cumprod=alphas_cumprod),
             guided_eps=cfg_token_eps if fast else multi_cfg_eps,
             default_cfg_ref=2.0 if fast else 2.5,
             branches=1 if fast else 3,
@@ -161,7 +196,10 @@ def checkpoint_strategy(checkpoint: str | Path | CheckpointInfo) -> SamplingStra
     """`strategy_for` of a checkpoint folder or its loaded info (its stage, mode and PeRFlow windows)."""
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else load_checkpoint_info(checkpoint)
     windows = int(info.config.get("train", {}).get("windows", 4)) if info.stage == "student" else 4
-    return strategy_for(info.stage, info.mode, Path(info.path), windows)
+    model = info.config.get("model")
+    return strategy_for(
+        info.stage, info.mode, Path(info.path), windows, ModelConfig.from_dict(model) if model else None
+    )
 
 
 # --- inputs -------------------------------------------------------------------------------------

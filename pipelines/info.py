@@ -52,6 +52,7 @@ class CheckpointSummary:
     manifest_hash: str | None  # sha256 of the training manifest
     weights: list[WeightSource]  # every set of weights and where it is loaded from
     has_training_state: bool  # whether --resume state is saved too
+    source: str = "fada"  # where the weights came from: fada (trained here), or an import (its file and sha256)
 
 
 def weight_source(name: str, folder: Path) -> WeightSource:
@@ -65,10 +66,15 @@ def summarize_checkpoint(path: str | Path) -> CheckpointSummary:
     strategy = checkpoint_strategy(info)
     model = info.config.get("model", info.config)
     weights = [weight_source(name, Path(info.path) / name) for name in info.components]
-    if model.get("audio_encoder", "mel") == "wav2vec2":
+    if model.get("audio_encoder", "mel") in ("wav2vec2", "hallo-wav2vec2"):
         weights.append(weight_source("audio_encoder", Path(model.get("audio_encoder_path") or "")))
     else:
         weights.append(WeightSource("audio_encoder", "none (log-mel, no weights)", 0, 0.0))
+    source = info.extra.get("source") or info.config.get("source")
+    if source:  # an imported teacher (`fada import hallo`): the file it came from and its hash
+        source_text = f"{source['source']}: {source['net']} (sha256 {source['net_sha256']})"
+    else:
+        source_text = "fada"
     teacher_path = info.config.get("teacher", {}).get("path") if info.stage == "student" else None
     teacher_matches = None
     if info.teacher_hash and teacher_path and Path(teacher_path).is_dir():
@@ -98,4 +104,5 @@ def summarize_checkpoint(path: str | Path) -> CheckpointSummary:
         manifest_hash=info.manifest_hash,
         weights=weights,
         has_training_state=info.has_training_state,
+        source=source_text,
     )

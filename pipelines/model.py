@@ -10,6 +10,11 @@ the CFG layer, temporal attention — is installed with attention processors and
 Condition states (DESIGN §3): ε_a = (audio, reference), ε_r = (null audio, reference),
 ε_b = (null audio, no reference); `denoise` takes per-sample `drop_audio` / `drop_reference`, so
 the three come out of one batched forward (`denoise_multi_cfg`).
+
+Model families (docs/DESIGN.md §3c): `config.family == "hallo"` swaps the temporal layers and the
+audio projection for Hallo's motion modules, audio modules, identity tokens and face locator
+(`pipelines.hallo_modules.HalloParts`); the rest — checkpoints, samplers, distillation — is shared.
+Whatever the network predicts (`config.prediction_type`), `denoise` returns ε (docs/DESIGN.md §4).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from pipelines.attention import (
 )
 from pipelines.audio import AudioProjection
 from pipelines.errors import InputFileError, UsageError
+from pipelines.hallo_modules import FaceConditions, HalloAudioProjection, HalloParts
 from pipelines.model_config import ModelConfig
-from pipelines.schedulers import alpha_bar_at, eps_from_x0, sd15_alphas_cumprod
+from pipelines.schedulers import alpha_bar_at, eps_alphas_cumprod, eps_from_x0, v_to_eps
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class ReferenceFeatures:
     features: dict[str, torch.Tensor]
     batch_size: int
     latent: torch.Tensor | None = None
+    hallo: object | None = None  # hallo family: the clips' `hallo_modules.HalloClip` (identity, face feature, masks)
 
     def tile(self, repeats: int) -> ReferenceFeatures:
         """The same features for `repeats`·B samples, laid out as `torch.cat([x] * repeats)`."""
@@ -55,7 +62,10 @@ class ReferenceFeatures:
             return self
         latent = None if self.latent is None else self.latent.repeat(repeats, 1, 1, 1)
         return ReferenceFeatures(
-            {k: v.repeat(repeats, 1, 1) for k, v in self.features.items()}, self.batch_size * repeats, latent
+            {k: v.repeat(repeats, 1, 1) for k, v in self.features.items()},
+            self.batch_size * repeats,
+            latent,
+            None if self.hallo is None else self.hallo.tile(repeats),
         )
 
 
@@ -81,6 +91,7 @@ class FadaModel(torch.nn.Module):
         audio_projection: AudioProjection,
         cfg_conditioning: CfgConditioning | None = None,
         vae: AutoencoderKL | None = None,
+        hallo: HalloParts | None = None,
     ):
         super().__init__()
         self.config = config
@@ -98,7 +109,14 @@ class FadaModel(torch.nn.Module):
         if cfg_conditioning is not None and config.cfg_conditioning in ("tokens", "layer"):
             cfg_attentions = list(cfg_conditioning.attentions)
         install_denoising_processors(denoising_unet, cfg_attentions)
-        attach_temporal_layers(denoising_unet, temporal_layers)
+        self.hallo = hallo  # the hallo family's modules (None for fada's own)
+        if hallo is None:
+            attach_temporal_layers(denoising_unet, temporal_layers)
+        else:
+            hallo.attach(denoising_unet)
+        # ᾱ for the v → ε conversion in `denoise` (float64, CPU; never cast with the weights)
+        with torch.device("cpu"):  # also when the model is built on the meta device (`fada import hallo`)
+            self.eps_alphas_cumprod = eps_alphas_cumprod(config)
         self._time_shift = _TimeEmbedShift()
         denoising_unet.time_embedding.register_forward_hook(self._time_shift)
         self._schedule: torch.Tensor | None = None  # ᾱ on the model's device (`_alphas_cumprod`)
@@ -119,6 +137,8 @@ class FadaModel(torch.nn.Module):
         reference_unet = build_unet(config)
         reference_unet.load_state_dict(_reference_view(denoising_unet.state_dict(), config))
         init_reference_inputs(denoising_unet, config)
+        if config.family == "hallo":
+            return cls._hallo_from_config(config, reference_unet, denoising_unet)
         temporal = TemporalLayers(
             channels=TemporalLayers.channels_of(denoising_unet),
             num_heads=config.temporal_heads,
@@ -136,6 +156,18 @@ class FadaModel(torch.nn.Module):
         cfg = build_cfg_conditioning(config, denoising_unet)
         vae = build_vae(config) if config.latent_codec == "vae" else None
         return cls(config, reference_unet, denoising_unet, temporal, audio_projection, cfg, vae)
+
+    @classmethod
+    def _hallo_from_config(cls, config: ModelConfig, reference_unet, denoising_unet) -> FadaModel:
+        audio_projection = HalloAudioProjection(
+            input_dim=config.audio_window_size * config.audio_feature_dim,
+            hidden_dim=config.audio_hidden_dim,
+            n_tokens=config.audio_tokens,
+            dim=config.cross_attention_dim,
+        )
+        hallo = HalloParts.from_config(config, denoising_unet)
+        cfg = build_cfg_conditioning(config, denoising_unet)
+        return cls(config, reference_unet, denoising_unet, None, audio_projection, cfg, build_vae(config), hallo)
 
     @classmethod
     def from_pretrained_sd(cls, config: ModelConfig, sd_path: str | Path) -> FadaModel:
@@ -174,7 +206,14 @@ class FadaModel(torch.nn.Module):
             parts["cfg_conditioning"] = CfgConditioning
         if config.latent_codec == "vae":
             parts["vae"] = AutoencoderKL
+        if config.family == "hallo":
+            del parts["temporal_layers"]
+            parts["audio_projection"] = HalloAudioProjection
+            parts.update(HalloParts.COMPONENTS)
         loaded = {name: load_component(path, name, part) for name, part in parts.items()}
+        if config.family == "hallo":
+            loaded["hallo"] = HalloParts(*(loaded.pop(name) for name in HalloParts.COMPONENTS))
+            loaded["temporal_layers"] = None
         return cls(config, **loaded).to(device=torch.device(device), dtype=dtype)
 
     def components(self) -> dict:
@@ -187,6 +226,8 @@ class FadaModel(torch.nn.Module):
             "cfg_conditioning": self.cfg_conditioning,
             "vae": self.vae,
         }
+        if self.hallo is not None:
+            parts.update(self.hallo.components())
         return {name: part for name, part in parts.items() if part is not None}
 
     @property
@@ -206,7 +247,7 @@ class FadaModel(torch.nn.Module):
         """
         self.reference_unet.enable_gradient_checkpointing()
         self.denoising_unet.enable_gradient_checkpointing()
-        self.temporal_layers.enable_gradient_checkpointing()
+        (self.temporal_layers if self.hallo is None else self.hallo.motion_modules).enable_gradient_checkpointing()
 
     def reset_counters(self) -> None:
         self.nfe_counter = self.denoising_net_calls = self.reference_net_calls = 0
@@ -238,39 +279,57 @@ class FadaModel(torch.nn.Module):
 
     # --- conditions -----------------------------------------------------------------------------
 
-    def reference_features(self, reference_latent: torch.Tensor, motion_latents: torch.Tensor | None = None):
+    def reference_features(
+        self,
+        reference_latent: torch.Tensor,
+        motion_latents: torch.Tensor | None = None,
+        face: FaceConditions | None = None,
+    ):
         """Run the reference net ONCE on the reference and M motion latents → `ReferenceFeatures`.
 
         reference_latent (B, C, h, w); motion_latents (B, M, C, h, w), or None for a first clip
-        (the reference repeated `config.motion_frames` times). The caller caches the result.
+        (the reference repeated `config.motion_frames` times). The caller caches the result. The hallo
+        family also needs the clips' `face` inputs: its reference net attends to the identity tokens.
         """
         b = reference_latent.shape[0]
         latent = reference_latent if self.config.uses_reference_latent else None
+        clip = None if self.hallo is None else self.hallo.clip(face, b, self.dtype)
+        context = None if clip is None else clip.identity  # (B, n, D)
         if motion_latents is None:  # the net sees each image alone: run it once and repeat its features
-            features = self._run_reference_net(reference_latent[:, None])  # (B, L, C) per layer
+            features = self._run_reference_net(reference_latent[:, None], context)  # (B, L, C) per layer
             n_images = 1 + self.config.motion_frames
-            return ReferenceFeatures({name: h.repeat(1, n_images, 1) for name, h in features.items()}, b, latent)
+            return ReferenceFeatures({name: h.repeat(1, n_images, 1) for name, h in features.items()}, b, latent, clip)
         images = torch.cat([reference_latent[:, None], motion_latents], dim=1)  # (B, 1+M, C, h, w)
-        return ReferenceFeatures(self._run_reference_net(images), b, latent)
+        return ReferenceFeatures(self._run_reference_net(images, context), b, latent, clip)
 
-    def condition_reference(self, reference_latent, motion_latents, drop_reference) -> ReferenceFeatures | None:
+    def condition_reference(
+        self, reference_latent, motion_latents, drop_reference, face: FaceConditions | None = None
+    ) -> ReferenceFeatures | None:
         """The reference condition of a batch whose per-sample drops are ``drop_reference`` (B,) bool.
 
         The reference net runs unless every sample's reference is dropped; then a model that reads the
-        reference latent itself still gets it (features empty), and any other model gets None.
+        reference latent itself still gets it (features empty), and any other model gets None. The hallo
+        family always runs it: its masks and motion frames stay when the reference is dropped.
         """
-        if not bool(torch.as_tensor(drop_reference).all()):
-            return self.reference_features(reference_latent, motion_latents)
+        if self.hallo is not None or not bool(torch.as_tensor(drop_reference).all()):
+            return self.reference_features(reference_latent, motion_latents, face)
         if self.config.uses_reference_latent:
             return ReferenceFeatures({}, reference_latent.shape[0], reference_latent)
         return None
 
-    def _run_reference_net(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, n, C, h, w) clean latents → layer name → (B, n·L, C): the attn1 inputs of the n images side by side."""
+    def _run_reference_net(self, images: torch.Tensor, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, n, C, h, w) clean latents → layer name → (B, n·L, C): the attn1 inputs of the n images side by side.
+
+        ``context`` (B, T, D): what the reference net's cross-attention reads (hallo: identity tokens); None: zeros.
+        """
         b, n_images = images.shape[:2]
         flat = images.reshape(b * n_images, *images.shape[2:]).to(self.dtype)  # (B·n, C, h, w)
         timesteps = torch.zeros(flat.shape[0], device=flat.device)  # a clean image: t = 0
-        context = flat.new_zeros(flat.shape[0], 1, self.config.cross_attention_dim)  # no text/audio for the reference
+        if context is None:
+            # no text/audio for the reference
+            context = flat.new_zeros(flat.shape[0], 1, self.config.cross_attention_dim)
+        else:
+            context = context.to(flat.dtype).repeat_interleave(n_images, dim=0)  # (B·n, T, D)
         state = FadaAttentionState(num_frames=1, record={})
         self.reference_unet(flat, timesteps, context, cross_attention_kwargs={"fada": state})
         self.reference_net_calls += 1
@@ -294,8 +353,13 @@ class FadaModel(torch.nn.Module):
         drop_audio: torch.Tensor,
         drop_reference: torch.Tensor,
         cfg_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+        native: bool = False,
     ) -> torch.Tensor:
         """ε prediction for noisy latents (B, F, C, h, w) at `timesteps` (B,) (float; a scalar broadcasts).
+
+        A v-prediction network's v is converted to ε = √ᾱ·v + √(1−ᾱ)·z with ᾱ of `eps_alphas_cumprod`
+        at index round(timestep) (clamped to 0…999); ``native=True`` returns the network's own output
+        instead (the v-prediction DDIM sampler takes v: `schedulers.ddim_step_v`).
 
         `audio_tokens` (B', F, N, D) and `reference_features` (B' clips) with B' dividing B are tiled
         as `torch.cat([x] * (B // B'))`. Per sample, `drop_audio` swaps in the learned null audio and
@@ -307,6 +371,8 @@ class FadaModel(torch.nn.Module):
         device = noisy.device
         drop_audio = torch.as_tensor(drop_audio, dtype=torch.bool, device=device).reshape(b)
         drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=device).reshape(b)
+        if reference_features is None and self.hallo is not None:
+            raise ValueError("the hallo family needs reference features (its masks and motion frames) in every call")
         reference_latent = self._reference_latent(reference_features, b)  # (B, C, h, w) or None
         if reference_features is None or not reference_features.features:
             drop_reference = torch.ones_like(drop_reference)
@@ -319,7 +385,16 @@ class FadaModel(torch.nn.Module):
 
         # 2. reference features, masked per sample where dropped
         state = FadaAttentionState(num_frames=f)
-        if not bool(drop_reference.all()):
+        if self.hallo is not None:  # hallo: audio tokens to the audio modules, identity tokens to the cross-attention
+            if reference_features.batch_size == 0 or b % reference_features.batch_size:
+                raise ValueError(f"reference features for {reference_features.batch_size} clips, batch {b}")
+            tiled = reference_features.tile(b // reference_features.batch_size)
+            tokens = self.hallo.prepare(state, tiled.hallo, tiled.features, self.config.motion_frames, tokens,
+                                        drop_reference, f)  # fmt: skip
+            state.reference_keep = None if not bool(drop_reference.any()) else ~drop_reference
+            if bool(drop_reference.all()):
+                state.reference = None
+        elif not bool(drop_reference.all()):
             if reference_features.batch_size == 0 or b % reference_features.batch_size:
                 raise ValueError(f"reference features for {reference_features.batch_size} clips, batch {b}")
             state.reference = reference_features.tile(b // reference_features.batch_size).features
@@ -328,7 +403,7 @@ class FadaModel(torch.nn.Module):
         # 3. student CFG conditioning (Eq. 10 tokens, scale-MLP tokens or a timestep-embedding shift); the
         # audio's own timestep-embedding shift (`audio_time_embedding`), per frame, added to it
         self._condition_on_cfg(state, cfg_scales, b, f, device)
-        if self.audio_projection.time_projection is not None:
+        if getattr(self.audio_projection, "time_projection", None) is not None:  # fada family: `audio_time_embedding`
             audio_shift = self.audio_projection.time_shift(tokens)  # (B·F, D_time)
             self._time_shift.shift = (
                 audio_shift if self._time_shift.shift is None else self._time_shift.shift + audio_shift
@@ -346,20 +421,25 @@ class FadaModel(torch.nn.Module):
             ).sample
         finally:
             self._time_shift.shift = None
+            if self.hallo is not None:
+                self.hallo.face_shift.shift = None
         self.denoising_net_calls += 1
         self.nfe_counter += len(set(zip(drop_audio.tolist(), drop_reference.tolist(), strict=True)))
         out = out.reshape(b, f, *out.shape[1:])  # (B, F, C, h, w)
-        if self.config.prediction_type == "epsilon":
-            return out
+        if self.config.prediction_type == "v_prediction" and not native:  # v → ε (docs/DESIGN.md §4)
+            index = timesteps.round().long().clamp(0, len(self.eps_alphas_cumprod) - 1).cpu()
+            return v_to_eps(out, noisy.to(out.dtype), self.eps_alphas_cumprod[index])
+        if self.config.prediction_type != "reference_residual":
+            return out  # ε (v with ``native``)
         # 5. reference_residual: x̂0 = reference + output, in every branch (the skip is never dropped)
         x0 = reference_latent[:, None].to(torch.float32) + out.float()  # (B, F, C, h, w)
         alpha_bar = alpha_bar_at(self._alphas_cumprod(device), timesteps)  # (B,)
         return eps_from_x0(noisy.float(), x0, alpha_bar).to(out.dtype)
 
     def _alphas_cumprod(self, device) -> torch.Tensor:
-        """ᾱ of the model's noise schedule (SD1.5), float32 on ``device``, kept per device."""
+        """ᾱ of the model's ε schedule (`eps_alphas_cumprod`), float32 on ``device``, kept per device."""
         if self._schedule is None or self._schedule.device != torch.device(device):
-            self._schedule = sd15_alphas_cumprod(torch.float32).to(device)
+            self._schedule = self.eps_alphas_cumprod.to(device, torch.float32)
         return self._schedule
 
     def _reference_latent(self, reference_features: ReferenceFeatures | None, b: int) -> torch.Tensor | None:
@@ -372,8 +452,10 @@ class FadaModel(torch.nn.Module):
             )
         return _tile(reference_features.latent, b, "reference latent")
 
-    def denoise_multi_cfg(self, noisy, timesteps, audio_tokens, reference_features, cfg_scales=None):
-        """(ε_a, ε_r, ε_b) for B clips from ONE forward of batch 3B (DESIGN §4, Eq. 9 inputs; NFE += 3)."""
+    def denoise_multi_cfg(self, noisy, timesteps, audio_tokens, reference_features, cfg_scales=None, native=False):
+        """(ε_a, ε_r, ε_b) for B clips from ONE forward of batch 3B (DESIGN §4, Eq. 9 inputs; NFE += 3).
+
+        ``native=True``: the network's own outputs (v for a v-prediction model), see `denoise`."""
         b = noisy.shape[0]
         device = noisy.device
         flags = torch.tensor([[False, False], [True, False], [True, True]], device=device)  # (audio, ref) drops
@@ -388,6 +470,7 @@ class FadaModel(torch.nn.Module):
             drops[:, 0],
             drops[:, 1],
             scales,
+            native,
         )
         return eps.chunk(3)
 
@@ -401,10 +484,12 @@ class FadaModel(torch.nn.Module):
         drop_audio,
         drop_reference,
         cfg_scales=None,
+        face: FaceConditions | None = None,
     ):
-        """Training forward: reference features + audio tokens + `denoise` (reference net skipped if all dropped)."""
+        """Training forward: reference features + audio tokens + `denoise` (reference net skipped if all dropped;
+        the hallo family always runs it: its masks and motion frames stay when the reference is dropped)."""
         drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=noisy.device)
-        reference = self.condition_reference(reference_latent, motion_latents, drop_reference)
+        reference = self.condition_reference(reference_latent, motion_latents, drop_reference, face)
         tokens = self.audio_tokens(audio_features)
         return self.denoise(noisy, timesteps, tokens, reference, drop_audio, drop_reference, cfg_scales)
 

@@ -17,6 +17,13 @@ Presets:
   (``audio_time_embedding``: the mouth follows the speech within minutes).
 - `sd15`: the paper's scale; 512² images as SD1.5 VAE latents (4×64×64), SD1.5 UNet sizes,
   cross-attention width 768, F=16, M=4.
+- `hallo`: the `hallo` family at Hallo/Hallo2's released sizes (docs/DESIGN.md §3c): SD1.5 UNets, F=16,
+  M=2, 12-layer wav2vec2 windows → 32 tokens, 4 identity tokens from InsightFace, v-prediction on
+  the linear zero-SNR schedule with trailing DDIM. `fada import hallo` fills it from `net.pth`.
+- `hallo-tiny`: the same structure at test size (64² images through a 4-level VAE, channels that
+  are multiples of 32 as Hallo's motion modules' GroupNorm needs, mel audio, no identity encoder).
+
+New fields default to fada's own behaviour, so configs saved before they existed keep their meaning.
 """
 
 from __future__ import annotations
@@ -28,9 +35,15 @@ from typing import Any
 from pipelines.errors import UsageError
 
 LATENT_CODECS = ("none", "vae")
-AUDIO_ENCODERS = ("mel", "wav2vec2")
+AUDIO_ENCODERS = ("mel", "wav2vec2", "hallo-wav2vec2")
+FAMILIES = ("fada", "hallo")
+IDENTITY_ENCODERS = ("none", "insightface")
+BETA_SCHEDULES = ("scaled_linear", "linear")
+TIMESTEP_SPACINGS = ("leading", "trailing")
+HALLO_DOWN_BLOCKS = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)  # Hallo's UNet3D hard-codes these
+HALLO_UP_BLOCKS = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 CFG_CONDITIONINGS = ("none", "tokens", "layer", "time-embed")
-PREDICTION_TYPES = ("epsilon", "reference_residual")  # what the denoising net's output means (see the field)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "reference_residual")  # what the denoising net's output means
 MEL_SUBFRAMES = 4  # log-mel frames per video frame (hop 160 samples = 10 ms at 16 kHz, 40 ms per frame)
 
 
@@ -68,10 +81,11 @@ class ModelConfig:
     audio_tokens: int = 4  # N: audio tokens per video frame
     audio_hidden_dim: int = 64  # width of the hidden layer of the audio projection MLP
     # --- reference conditioning (DESIGN §3c); the paper's path is reference attention alone ---
-    prediction_type: str = "epsilon"  # 'epsilon': the net predicts ε (the paper); 'reference_residual': it
-    # predicts x0 − reference latent, from which `FadaModel.denoise` derives ε; the reference is the skip of
-    # every CFG branch, so an untrained net (zero conv_out) returns the portrait and reference CFG scales
-    # only what the reference attention adds (a departure from the paper, demo preset only)
+    prediction_type: str = "epsilon"  # 'epsilon': the net predicts ε (the paper); 'v_prediction': v (Hallo;
+    # see the noise schedule below); 'reference_residual': it predicts x0 − reference latent, from which
+    # `FadaModel.denoise` derives ε; the reference is the skip of every CFG branch, so an untrained net (zero
+    # conv_out) returns the portrait and reference CFG scales only what the reference attention adds (a
+    # departure from the paper, demo preset only)
     reference_concat: bool = False  # concatenate the reference latent to each frame's noisy input channels
     # (image-to-video style; conv_in's reference half starts at zero; zeros where the reference is dropped)
     audio_time_embedding: bool = False  # also add the audio tokens (mean, through a zero-initialised linear
@@ -81,12 +95,32 @@ class ModelConfig:
     cfg_conditioning: str = "none"  # 'none' (teacher) | 'tokens' (Eq. 10) | 'layer' (no tokens) | 'time-embed'
     cfg_tokens: int = 4  # number of tokens in each of γ_a, γ_r, γ_b (and in the 'layer' scale embedding)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into checkpoints
+    # --- noise schedule and what the network predicts (docs/DESIGN.md §4; defaults: SD1.5) ---
+    # (`prediction_type` above: `FadaModel.denoise` returns ε for each of its values)
+    beta_schedule: str = "scaled_linear"  # 'scaled_linear' (SD1.5) | 'linear' (Hallo's sampler)
+    zero_terminal_snr: bool = False  # rescale β so that ᾱ_999 = 0 (Lin et al. 2024; Hallo)
+    timestep_spacing: str = "leading"  # DDIM spacing: 'leading' + steps_offset 1 (SD1.5) | 'trailing' (Hallo)
+    set_alpha_to_one: bool = False  # ᾱ after the last DDIM step: ᾱ_0 (False, SD1.5) or 1 (Hallo)
+    # --- model family (docs/DESIGN.md §3c): 'hallo' adds the modules below; 'fada' ignores them ---
+    family: str = "fada"  # 'fada' | 'hallo'
+    identity_encoder: str = "none"  # hallo: 'insightface' (face embedding) | 'none' (the null identity, zeros)
+    face_analysis_path: str | None = None  # hallo: local InsightFace folder (models/*.onnx) for 'insightface'
+    identity_embedding_dim: int = 512  # hallo: width of the face embedding (InsightFace ArcFace: 512)
+    identity_tokens: int = 4  # hallo: tokens the face embedding is projected to (the UNets' cross-attention)
+    face_locator_channels: tuple[int, ...] = (16, 32, 64, 128)  # hallo: face-locator conv widths (3 stride-2 convs)
+    audio_layers: int = 1  # hidden layers of the audio encoder stacked per frame (hallo-wav2vec2: 12)
 
     def __post_init__(self) -> None:
         _check_choice("latent_codec", self.latent_codec, LATENT_CODECS)
         _check_choice("audio_encoder", self.audio_encoder, AUDIO_ENCODERS)
         _check_choice("cfg_conditioning", self.cfg_conditioning, CFG_CONDITIONINGS)
+        _check_choice("family", self.family, FAMILIES)
+        _check_choice("identity_encoder", self.identity_encoder, IDENTITY_ENCODERS)
         _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        _check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        _check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+        if self.family == "hallo":
+            _check_hallo(self)
         if len(self.down_block_types) != len(self.block_out_channels) or len(self.up_block_types) != len(
             self.block_out_channels
         ):
@@ -160,6 +194,28 @@ def _check_keys(data: dict[str, Any]) -> None:
         raise UsageError(f"unknown model config key(s) {unknown}; valid keys: {', '.join(valid)}.")
 
 
+def _check_hallo(config: ModelConfig) -> None:
+    """What Hallo's structure needs: SD1.5's four UNet levels and an 8× latent codec (the face locator's
+    three stride-2 convs and the four mask resolutions follow from it)."""
+    if config.down_block_types != HALLO_DOWN_BLOCKS or config.up_block_types != HALLO_UP_BLOCKS:
+        raise UsageError(
+            f"family 'hallo' needs SD1.5's block types {HALLO_DOWN_BLOCKS} / {HALLO_UP_BLOCKS}; start from the hallo "
+            "or hallo-tiny preset."
+        )
+    if config.latent_codec != "vae" or config.latent_downsample != 8 or len(config.face_locator_channels) != 4:
+        raise UsageError(
+            "family 'hallo' needs latent_codec='vae' with 4 VAE levels (8× down) and 4 face_locator_channels; "
+            "start from the hallo or hallo-tiny preset."
+        )
+    if config.prediction_type == "reference_residual" or config.reference_concat or config.audio_time_embedding:
+        raise UsageError(
+            "family 'hallo' is Hallo's own network: reference_residual, reference_concat and audio_time_embedding "
+            "(fada's demo recipe) do not apply; leave them at their defaults."
+        )
+    if config.identity_encoder == "insightface" and not config.face_analysis_path:
+        raise UsageError("identity_encoder='insightface' needs face_analysis_path, the folder holding models/*.onnx.")
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"{name}={value!r} is not valid; use one of {', '.join(choices)}.")
@@ -209,6 +265,69 @@ PRESETS: dict[str, ModelConfig] = {
         audio_feature_dim=128,
         audio_tokens=32,
         audio_hidden_dim=1024,
+    ),
+    # Hallo/Hallo2's released model (configs/inference/default.yaml, scripts/inference.py): SD1.5 UNets with
+    # 4 identity tokens (ImageProjModel 512 → 4×768), 32 audio tokens from 5 frames × 12 wav2vec2-base layers
+    # (AudioProjModel, hidden 512), motion modules with 8 heads and a 32-frame position table
+    "hallo": ModelConfig(
+        preset="hallo",
+        family="hallo",
+        sample_size=512,
+        latent_codec="vae",
+        latent_channels=4,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=HALLO_DOWN_BLOCKS,
+        up_block_types=HALLO_UP_BLOCKS,
+        layers_per_block=2,
+        norm_num_groups=32,
+        attention_head_dim=8,
+        cross_attention_dim=768,
+        temporal_heads=8,
+        temporal_max_frames=32,
+        frames_per_clip=16,
+        motion_frames=2,
+        audio_encoder="hallo-wav2vec2",
+        audio_feature_dim=12 * 768,
+        audio_layers=12,
+        audio_window=2,
+        audio_tokens=32,
+        audio_hidden_dim=512,
+        prediction_type="v_prediction",
+        beta_schedule="linear",
+        zero_terminal_snr=True,
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        identity_encoder="none",  # `fada import hallo` sets insightface + the folder's face_analysis/
+    ),
+    "hallo-tiny": ModelConfig(
+        preset="hallo-tiny",
+        family="hallo",
+        sample_size=64,
+        latent_codec="vae",
+        latent_channels=4,
+        vae_block_out_channels=(32, 32, 32, 32),
+        vae_layers_per_block=1,
+        vae_norm_num_groups=32,
+        block_out_channels=(32, 64, 64, 64),  # multiples of 32: Hallo's motion modules hard-code GroupNorm(32)
+        down_block_types=HALLO_DOWN_BLOCKS,
+        up_block_types=HALLO_UP_BLOCKS,
+        layers_per_block=1,
+        norm_num_groups=32,
+        attention_head_dim=2,
+        cross_attention_dim=32,
+        temporal_heads=8,
+        temporal_max_frames=32,
+        frames_per_clip=4,
+        motion_frames=2,
+        audio_tokens=4,
+        audio_hidden_dim=32,
+        identity_embedding_dim=512,
+        face_locator_channels=(4, 8, 16, 32),
+        prediction_type="v_prediction",
+        beta_schedule="linear",
+        zero_terminal_snr=True,
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
     ),
 }
 

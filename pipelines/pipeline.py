@@ -240,6 +240,11 @@ class FadaPipeline:
         scheduler = strategy.make_scheduler(steps)
         box = portrait_box(portrait_rgb, config.crop, config.crop_scale, name)
         portrait = cut_portrait(portrait_rgb, box, model.config.sample_size)
+        face = None
+        if model.hallo is not None:  # the hallo family's face inputs: identity embedding, face region, masks
+            from pipelines.hallo_inputs import face_conditions
+
+            face = face_conditions(portrait[None], model.config).to(device, self.dtype)
 
         # 2. the reference latent; the first clip's motion frames are the reference repeated
         with torch.no_grad():
@@ -259,7 +264,7 @@ class FadaPipeline:
         def clip_frames(clip: int, windows: AudioFeatureWindows) -> np.ndarray:
             nonlocal motion_latents
             # 3. reference features ONCE per clip, shared by every denoising step and branch; the clip's audio
-            reference = model.reference_features(reference_latent, motion_latents)
+            reference = model.reference_features(reference_latent, motion_latents, face)
             first = clip * frames_per_clip
             audio_tokens = model.audio_tokens(windows(first, first + frames_per_clip)[None].to(device))  # (1, F, N, D)
             # 4. denoising loop from seeded noise

@@ -5,7 +5,8 @@ runs (`training.run_training_loop`). One micro-batch (`teacher_loss`): B clip wi
 (`pipelines.data`), encoded (or read from the latent cache), t uniform in 0..999 and ε ~ N(0, I),
 z_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε with the SD1.5 schedule (`schedulers.add_noise`), conditions dropped
 (DESIGN §3: audio alone with ``p_drop_audio``, both with ``p_drop_both``, from the training config),
-and the model's ε regressed on the true ε (MSE).
+and the model's ε regressed on the true ε (MSE). It trains fada's own model family; a `hallo`-family
+teacher (docs/DESIGN.md §3c) is imported (`fada import hallo`) and distilled, not trained here.
 
 Loss weighting (``loss_weighting``, `loss_weights`): ``eps`` is the plain ε-MSE of DESIGN §3–§4
 (the default). ``truncated-snr`` multiplies each sample's ε-MSE by max(1, 1/SNR_t), SNR_t =
@@ -92,6 +93,12 @@ class TeacherStage(Stage):
         self.pretrained_sd = pretrained_sd  # a diffusers SD1.5 folder both UNets (and the VAE) start from
 
     def check(self, resolved: Resolved) -> None:
+        if resolved.model_config.family != "fada":  # before anything is written
+            raise UsageError(
+                f"training a {resolved.model_config.family}-family teacher is not supported (its loss would need "
+                "the family's face inputs and its own prediction target); import one with `fada import hallo` and "
+                "distil it, or train a fada preset (tiny, demo, sd15)."
+            )
         self.history = starting_history(resolved.resumed, resolved.started, resolved.config.stage)
 
     def frames(self, config: TeacherTrainConfig) -> int | None:

@@ -157,9 +157,10 @@ def preset_defaults(preset: str, device: torch.device) -> dict:
     """`TrainConfig` fields a new run of ``preset`` starts from, before the command line's options.
 
     sd15 (860 M parameters per UNet, F = 16 at 512²): batch 1, gradient checkpointing, bf16 autocast
-    where the device runs it — what one 80 GB GPU holds (bench/results/sd15.md). Other presets: none.
+    where the device runs it — what one 80 GB GPU holds (bench/results/sd15.md); the same for hallo (SD1.5
+    UNets). Other presets: none.
     """
-    if preset != "sd15":
+    if preset not in ("sd15", "hallo"):
         return {}
     precision = "bf16" if bf16_supported(device) else "no"
     return {"batch_size": 1, "gradient_checkpointing": True, "mixed_precision": precision}

@@ -225,6 +225,15 @@ CPU_ON_PURPOSE = {
     ("pipelines/metrics/quality.py", "pyiqa_score", "from_numpy"): "pyiqa metric created on the CPU",
     ("pipelines/metrics/quality.py", "full_reference", "from_numpy"): "pyiqa PSNR/SSIM metrics created on the CPU",
     ("pipelines/metrics/lip_sync.py", "syncnet_scores", "from_numpy"): "SyncNet loaded on the CPU",
+    # the hallo family (issue 20)
+    ("pipelines/schedulers.py", "linear_alphas_cumprod", "linspace"): "the schedule; callers move it",
+    ("pipelines/schedulers.py", "schedule_for", "linspace"): "the schedule; callers move it",
+    ("pipelines/hallo_modules.py", "HalloAudioProjection.__init__", "zeros"): "buffer init, moved with the module",
+    ("pipelines/hallo_modules.py", "sinusoidal_table", "arange"): "position table, a buffer moved with the module",
+    ("pipelines/hallo_modules.py", "sinusoidal_table", "zeros"): "position table, a buffer moved with the module",
+    ("pipelines/hallo.py", "import_hallo", "zeros"): "the import builds the teacher on the CPU, then saves it",
+    ("pipelines/hallo_inputs.py", "masks_from_landmarks", "from_numpy"): "face inputs on the CPU; callers .to(device)",
+    ("pipelines/hallo_inputs.py", "face_conditions", "from_numpy"): "face inputs on the CPU; callers .to(device)",
 }
 
 

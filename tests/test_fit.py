@@ -137,6 +137,7 @@ def test_a_format_1_checkpoint_with_dropout_in_its_model_config_loads_and_resume
     import json
 
     from pipelines.checkpoint import CHECKPOINT_FILE, FORMAT_VERSION, checkpoint_hash
+    from pipelines.generate import TEACHER_DDIM, checkpoint_strategy
     from pipelines.model import FadaModel
 
     out = tmp_path / "old"
@@ -153,6 +154,7 @@ def test_a_format_1_checkpoint_with_dropout_in_its_model_config_loads_and_resume
     info = load_checkpoint_info(out, expect_stage="teacher")
     assert "p_drop_audio" not in info.config["model"] and info.config["train"]["p_drop_audio"] == 0.2
     assert FadaModel.from_checkpoint(out).config.preset == "tiny"
+    assert checkpoint_strategy(out) is TEACHER_DDIM  # its model config read back whole: SD1.5's DDIM
     assert checkpoint_hash(out) == hash_before  # hashed as written: a student's record of it still matches
     resumed = fit(TeacherStage(), manifest, out, overrides={"steps": 2}, resume=True, device="cpu", quiet=True)
     assert resumed.steps_this_run == 1
