@@ -9,6 +9,10 @@ mouth-vs-speech r with the reversed-speech control, and which targets hold
 
     python bench/demo_budget.py --work /tmp/budget --minutes 15 20 25
     python bench/demo_budget.py --work /tmp/budget --report   # the table from runs already made
+    python bench/demo_budget.py --work /tmp/new /tmp/old --report   # runs of several folders, labelled
+
+A folder's ``label.txt`` (one line: what the code was at that run) labels its rows; the folder's name
+otherwise.
 
 Writes ``bench/results/demo_budget.{md,json}`` and copies each run's contact sheet to
 ``bench/results/demo_<N>min_contact_sheet.png``.
@@ -44,10 +48,12 @@ def run(work: Path, minutes: float, core: int) -> dict:
     return summary
 
 
-def row_of(summary: dict) -> dict:
+def row_of(summary: dict, label: str) -> dict:
     modes = summary["modes"]
     return {
+        "run": label,
         "minutes": summary["budget_s"] / 60,
+        "teacher_share": summary["teacher"]["seconds"] / summary["budget_s"],
         "wall_minutes": summary.get("measured_wall_s", summary["total_s"]) / 60,
         "teacher_steps": summary["teacher"]["steps"],
         "student_steps": {mode: s["steps"] for mode, s in summary["students"].items()},
@@ -87,19 +93,20 @@ def report(rows: list[dict]) -> None:
         "above the reversed-speech control); face: share of frames with a face found (target ≥ 0.9); the fast "
         "student's r within 0.1 of the teacher's.",
         "",
-        "| budget | wall min | teacher steps | students (balanced / fast) | teacher sampling | mode | NFE | face | "
-        "identity | mouth r | r reversed | BRISQUE | targets |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | budget | wall min | teacher steps (share of budget) | students (balanced / fast) | teacher sampling | "
+        "mode | NFE | face | identity | mouth r | r reversed | BRISQUE | targets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         gen = row["generation"]
         for i, (mode, m) in enumerate(row["modes"].items()):
             head = (
-                f"| {row['minutes']:g} min | {row['wall_minutes']:.1f} | {row['teacher_steps']} | "
+                f"| {row['run']} | {row['minutes']:g} min | {row['wall_minutes']:.1f} | "
+                f"{row['teacher_steps']} ({row['teacher_share']:.0%}) | "
                 f"{row['student_steps'].get('balanced')} / {row['student_steps'].get('fast')} | "
                 f"{gen['teacher_steps']} steps, {gen['seconds']:g} s |"
                 if i == 0
-                else "| | | | | |"
+                else "| | | | | | |"
             )
             checks = row["targets_met"].get(mode)
             missed = [name for name, ok in (checks or {}).items() if not ok]
@@ -116,18 +123,24 @@ def report(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="folder for the demo runs")
+    parser.add_argument("--work", type=Path, nargs="+", required=True,
+                        help="folder for the demo runs (the first); with --report, every folder's runs")  # fmt: skip
     parser.add_argument("--minutes", type=float, nargs="*", default=[15.0], help="budgets to run")
     parser.add_argument("--core", type=int, default=0, help="the CPU core every run is pinned to")
     parser.add_argument("--report", action="store_true", help="only the table, from the runs in --work")
     args = parser.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
+    args.work[0].mkdir(parents=True, exist_ok=True)
     if not args.report:
         for minutes in args.minutes:
-            summary = run(args.work, minutes, args.core)
+            summary = run(args.work[0], minutes, args.core)
             shutil.copy(summary["contact_sheet"], RESULTS / f"demo_{minutes:g}min_contact_sheet.png")
-    summaries = sorted(args.work.glob("summary_*.json"), key=lambda p: float(p.stem.split("_")[1]))
-    report([row_of(json.loads(p.read_text())) for p in summaries])
+    rows = []
+    for work in args.work:
+        label_file = work / "label.txt"
+        label = label_file.read_text().strip().splitlines()[0] if label_file.is_file() else work.name
+        summaries = sorted(work.glob("summary_*.json"), key=lambda p: float(p.stem.split("_")[1]))
+        rows += [row_of(json.loads(p.read_text()), label) for p in summaries]
+    report(rows)
 
 
 if __name__ == "__main__":

@@ -386,7 +386,8 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
 
     Each stage is probed (a few timed steps), then resumes up to its share of the teacher's time
     (`teacher_seconds` of what is left before ``deadline`` after ``reserve_s``): the image stage
-    ``image_share`` of it, the video stage, started from it, the rest.
+    ``image_share`` of it, the video stage, started from it, the rest; the last stage then resumes
+    once more for what its measured pace leaves of that time.
     """
     began = time.time()
     options = teacher_options(config)
@@ -401,7 +402,8 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
     for i, stage in enumerate(stages):  # the probes; the video stage's starts from the image stage's probe
         train(stage, init_from=folders[stages[0]] if i else None)
     step_s = {stage: median_step_seconds(folders[stage]) for stage in stages}
-    teacher_s = teacher_seconds(config, deadline - began - reserve_s) - (time.time() - began)
+    teacher_end = began + teacher_seconds(config, deadline - began - reserve_s)
+    teacher_s = teacher_end - time.time()
     shares = {"image": config.image_share, "video": 1 - config.image_share, "joint": 1.0}
     results = {}
     for i, stage in enumerate(stages):
@@ -412,6 +414,14 @@ def train_teacher_stages(out: Path, split: DemoSplit, config: DemoConfig, deadli
         log(f"teacher: {stage} stage {step_s[stage]:.2f} s/step → {steps} steps", quiet=quiet)
         how = {"init_from": folders[stages[0]], "overwrite": True} if i else {"resume": True}
         results[stage] = train(stage, steps, **how)
+    # the probe's steps decode the clips (their first draws) and ran slower than the steps after them: the
+    # last stage resumes for the steps its measured pace fits in the teacher's time still left (one spare)
+    last = stages[-1]
+    extra = math.floor((teacher_end - time.time()) / median_step_seconds(folders[last])) - 1
+    if extra > 0 and results[last].steps < config.max_steps:
+        steps = min(config.max_steps, results[last].steps + extra)
+        log(f"teacher: {last} stage ahead of its plan → {steps} steps", quiet=quiet)
+        results[last] = train(last, steps, resume=True)
     summary = {
         "checkpoint": str(folders[stages[-1]]),
         "seconds": time.time() - began,

@@ -160,3 +160,33 @@ def test_a_slow_machine_gets_shorter_videos_and_fewer_teacher_steps_not_a_worse_
     # whatever generation costs, the teacher trains at least half the budget
     assert teacher_seconds(config, available_s=100.0) == 450.0
     assert teacher_seconds(config, available_s=800.0) == 560.0  # 70 % of what is left
+
+
+def test_the_teacher_trains_its_whole_share_when_the_probe_overestimated_its_pace(monkeypatch, tmp_path):
+    """The probe's steps decode the clips and run slower than the steps after them (measured: 2.5 s against
+    2.1 s a step on one core); the teacher then resumes for the time its plan left over."""
+    from types import SimpleNamespace
+
+    import pipelines.demo as demo
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(demo, "time", SimpleNamespace(time=lambda: clock["now"]))
+    trained, calls = {"steps": 0}, []
+
+    def fake_fit(stage, manifest, out, overrides, **how):  # a run whose probe steps take 10 s, the rest 2 s
+        steps = overrides["steps"]
+        clock["now"] += (steps - trained["steps"]) * (10.0 if trained["steps"] == 0 else 2.0)
+        trained["steps"] = steps
+        calls.append((steps, how.get("resume", False)))
+        return SimpleNamespace(steps=steps, final_loss=0.1)
+
+    paces = iter([10.0, 2.0])  # the logged median pace after the probe, then after the planned steps
+    monkeypatch.setattr(demo, "fit", fake_fit)
+    monkeypatch.setattr(demo, "median_step_seconds", lambda folder: next(paces))
+    config = DemoConfig(minutes=10.0)  # 600 s, nothing reserved: the teacher's share is 70 % of it, 420 s
+    split = SimpleNamespace(train=tmp_path / "train.parquet")
+    _, summary = demo.train_teacher_stages(tmp_path, split, config, clock["now"] + 600.0, 0.0, "cpu", quiet=True)
+    spent = clock["now"] - 1000.0
+    assert 420.0 - 2 * 2.0 <= spent <= 420.0  # without the top-up: 3 × 10 + 39 × 2 = 108 s
+    assert calls[0] == (config.probe_steps, False) and calls[-1][1] is True
+    assert summary["steps"] == calls[-1][0] == trained["steps"]
