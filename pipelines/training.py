@@ -834,7 +834,7 @@ def run_training_loop(run: Run, stage: Stage, model: torch.nn.Module, state: Tra
         for step in range(run.start_step + 1, config.steps + 1):
             records = []
             for micro in range(config.grad_accum):
-                state.sampler.take(config.batch_size * world)  # the stream position a checkpoint saves
+                state.sampler.advance(config.batch_size * world)  # the stream position a checkpoint saves
                 batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
                 generator = torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank))
                 syncing = micro == config.grad_accum - 1

@@ -88,6 +88,29 @@ def test_two_workers_give_the_same_batches_as_none_and_ranks_share_each_micro_ba
             assert torch.equal(ranks[rank][step]["frames"], whole[step]["frames"][rank::2])
 
 
+def legacy_key(seed: int, n_clips: int, position: int) -> tuple[int, int]:
+    """`WindowSampler.key` before issue 21 (a permutation of every clip per key): the keys must not change."""
+    epoch, offset = divmod(position, n_clips)
+    order = np.random.default_rng([seed, epoch]).permutation(n_clips)
+    sample_seed = int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
+    return int(order[offset]), sample_seed
+
+
+@pytest.mark.parametrize(("seed", "n_clips"), [(0, 1), (3, 7), (11, 1000)])
+def test_window_sampler_keys_are_those_of_the_per_key_permutation(seed, n_clips):
+    """One permutation per epoch, kept, gives the keys the old per-key permutation gave: in order across
+    epochs, jumping back to an earlier epoch, after `advance`, and after a restored state."""
+    sampler = WindowSampler(n_clips, seed)
+    positions = [*range(3 * n_clips + 2), 2, n_clips + 1, 0, 5 * n_clips + 3]
+    assert [sampler.key(p) for p in positions] == [legacy_key(seed, n_clips, p) for p in positions]
+    sampler.advance(2 * n_clips + 1)
+    assert sampler.take(3) == [legacy_key(seed, n_clips, p) for p in range(2 * n_clips + 1, 2 * n_clips + 4)]
+    restored = WindowSampler(n_clips, seed)
+    restored.key(0)  # holds epoch 0's order; the restored position must not reuse it for another seed
+    restored.load_state_dict({"position": 1, "seed": seed + 1, "n_clips": n_clips})
+    assert restored.take(2) == [legacy_key(seed + 1, n_clips, p) for p in (1, 2)]
+
+
 def write_clips(folder, count: int, size: int = 64, frames: int = 25) -> pd.DataFrame:
     """``count`` real mp4 clips of noise with a tone (1 s), and their manifest rows (all tier A)."""
     (folder / "clips").mkdir(parents=True)
