@@ -206,19 +206,23 @@ def window_features(features, start: int, f: int, window: int) -> torch.Tensor:
     return part[torch.from_numpy(index - low)]  # (F, W, D)
 
 
-def batch_latents(encode_images, batch: dict, motion: bool = True):
+def batch_latents(encode_images, batch: dict, motion: bool = True, dtype: torch.dtype | None = None):
     """The batch's latents ``(z0 (B, F, C, h, w), reference_latent (B, C, h, w), motion_latents (B, M, C, h, w))``:
     read from the latent cache when the batch holds them, else encoded with ``encode_images`` (no gradient).
 
-    ``motion=False`` skips the motion frames (None), as the image stage does.
+    ``motion=False`` skips the motion frames (None), as the image stage does. ``dtype``: the precision the
+    latents are rounded to whether cached or encoded (`TrainConfig.latent_precision`; None keeps them).
     """
     if "latents" in batch:
-        return batch["latents"], batch["reference_latent"], batch["motion_latents"] if motion else None
-    with torch.no_grad():
-        z0 = encode_images(batch["frames"])
-        reference_latent = encode_images(batch["reference"])
-        motion_latents = encode_images(batch["motion"]) if motion else None
-    return z0, reference_latent, motion_latents
+        latents = batch["latents"], batch["reference_latent"], batch["motion_latents"] if motion else None
+    else:
+        with torch.no_grad():
+            z0 = encode_images(batch["frames"])
+            reference_latent = encode_images(batch["reference"])
+            latents = z0, reference_latent, encode_images(batch["motion"]) if motion else None
+    if dtype is None:
+        return latents
+    return tuple(None if x is None else x.to(dtype) for x in latents)
 
 
 def select_tiers(manifest: Path, tiers: Sequence[str]):

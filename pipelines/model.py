@@ -9,7 +9,9 @@ the CFG layer, temporal attention — is installed with attention processors and
 
 Condition states (DESIGN §3): ε_a = (audio, reference), ε_r = (null audio, reference),
 ε_b = (null audio, no reference); `denoise` takes per-sample `drop_audio` / `drop_reference`, so
-the three come out of one batched forward (`denoise_multi_cfg`).
+the three come out of one batched forward (`denoise_multi_cfg`). The drop flags live on the host
+(`host_flags`): what to run and the NFE count are decided from them without waiting for the GPU,
+and the device masks are made from them with one non-blocking copy.
 """
 
 from __future__ import annotations
@@ -51,6 +53,27 @@ class ReferenceFeatures:
         return ReferenceFeatures(
             {k: v.repeat(repeats, 1, 1) for k, v in self.features.items()}, self.batch_size * repeats
         )
+
+
+def host_flags(flags, batch_size: int) -> torch.Tensor:
+    """Per-sample condition drops as a (B,) bool tensor on the CPU (the host).
+
+    ``flags``: a bool, a sequence of bools, or a tensor; a single value broadcasts to ``batch_size``.
+    Decisions made from the result (`all`, `any`, the NFE count) cost no device sync. A tensor on an
+    accelerator is copied back, which waits for it: pass host flags (training and sampling do).
+    """
+    flags = torch.as_tensor(flags, dtype=torch.bool)  # a no-op for a CPU bool tensor
+    if flags.device.type != "cpu":
+        flags = flags.cpu()
+    return flags.reshape(-1).expand(batch_size) if flags.numel() == 1 else flags.reshape(batch_size)
+
+
+def device_values(values, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Per-sample numbers (timesteps, CFG scales) as a (B,) float32 tensor on ``device``; one number is
+    filled in there (no blocking host-to-device copy), a tensor of one value or B broadcasts."""
+    if not torch.is_tensor(values):
+        return torch.full((batch_size,), float(values), dtype=torch.float32, device=device)
+    return values.to(device, torch.float32, non_blocking=True).reshape(-1).expand(batch_size)
 
 
 class _TimeEmbedShift:
@@ -279,18 +302,20 @@ class FadaModel(torch.nn.Module):
         `drop_reference` removes the reference path (`reference_features=None`: dropped for all).
         `cfg_scales` = (cfg_a, cfg_r), each (B,), for a student with CFG conditioning; None there
         means (1, 1). Counts one NFE per distinct (drop_audio, drop_reference) state in the batch.
+        The drop flags are read on the host (`host_flags`); pass them as CPU tensors or bools.
         """
         b, f = noisy.shape[:2]
         device = noisy.device
-        drop_audio = torch.as_tensor(drop_audio, dtype=torch.bool, device=device).reshape(b)
-        drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=device).reshape(b)
+        drop_audio, drop_reference = host_flags(drop_audio, b), host_flags(drop_reference, b)  # (B,) bool, host
         if reference_features is None:
             drop_reference = torch.ones_like(drop_reference)
+        # the device's masks: one non-blocking copy of both (B,) rows
+        audio_mask, reference_mask = torch.stack([drop_audio, drop_reference]).to(device, non_blocking=True)
 
         # 1. audio tokens, null where dropped, frames folded into the batch
         tokens = _tile(audio_tokens, b, "audio_tokens").to(self.dtype)  # (B, F, N, D)
         null = self.audio_projection.null_tokens.to(tokens.dtype)
-        tokens = torch.where(drop_audio[:, None, None, None], null, tokens)
+        tokens = torch.where(audio_mask[:, None, None, None], null, tokens)
         tokens = tokens.reshape(b * f, *tokens.shape[2:])  # (B·F, N, D)
 
         # 2. reference features, masked per sample where dropped
@@ -299,13 +324,13 @@ class FadaModel(torch.nn.Module):
             if reference_features.batch_size == 0 or b % reference_features.batch_size:
                 raise ValueError(f"reference features for {reference_features.batch_size} clips, batch {b}")
             state.reference = reference_features.tile(b // reference_features.batch_size).features
-            state.reference_keep = None if not bool(drop_reference.any()) else ~drop_reference
+            state.reference_keep = None if not bool(drop_reference.any()) else ~reference_mask
 
         # 3. student CFG conditioning (Eq. 10 tokens, scale-MLP tokens or a timestep-embedding shift)
         self._condition_on_cfg(state, cfg_scales, b, f, device)
 
         # 4. one denoising-net forward over B·F frames
-        timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=device).reshape(-1).expand(b)
+        timesteps = device_values(timesteps, b, device)  # (B,)
         sample = noisy.reshape(b * f, *noisy.shape[2:]).to(self.dtype)  # (B·F, C, h, w)
         try:
             eps = self.denoising_unet(
@@ -321,10 +346,10 @@ class FadaModel(torch.nn.Module):
         """(ε_a, ε_r, ε_b) for B clips from ONE forward of batch 3B (DESIGN §4, Eq. 9 inputs; NFE += 3)."""
         b = noisy.shape[0]
         device = noisy.device
-        flags = torch.tensor([[False, False], [True, False], [True, True]], device=device)  # (audio, ref) drops
+        flags = torch.tensor([[False, False], [True, False], [True, True]])  # (audio, ref) drops, on the host
         drops = flags.repeat_interleave(b, dim=0)  # (3B, 2)
-        timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=device).reshape(-1).expand(b).repeat(3)
-        scales = None if cfg_scales is None else tuple(torch.as_tensor(s, device=device).repeat(3) for s in cfg_scales)
+        timesteps = device_values(timesteps, b, device).repeat(3)  # (3B,)
+        scales = None if cfg_scales is None else tuple(device_values(s, b, device).repeat(3) for s in cfg_scales)
         eps = self.denoise(
             noisy.repeat(3, 1, 1, 1, 1),
             timesteps,
@@ -347,8 +372,11 @@ class FadaModel(torch.nn.Module):
         drop_reference,
         cfg_scales=None,
     ):
-        """Training forward: reference features + audio tokens + `denoise` (reference net skipped if all dropped)."""
-        drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=noisy.device)
+        """Training forward: reference features + audio tokens + `denoise` (reference net skipped if all dropped).
+
+        The drop flags are read on the host (`host_flags`): skipping the reference net costs no device sync.
+        """
+        drop_reference = host_flags(drop_reference, noisy.shape[0])
         reference = None if bool(drop_reference.all()) else self.reference_features(reference_latent, motion_latents)
         tokens = self.audio_tokens(audio_features)
         return self.denoise(noisy, timesteps, tokens, reference, drop_audio, drop_reference, cfg_scales)
@@ -360,9 +388,7 @@ class FadaModel(torch.nn.Module):
             return
         if cfg_scales is None:
             cfg_scales = (torch.ones(b, device=device), torch.ones(b, device=device))
-        cfg_a, cfg_r = (
-            torch.as_tensor(s, dtype=torch.float32, device=device).reshape(-1).expand(b) for s in cfg_scales
-        )
+        cfg_a, cfg_r = (device_values(s, b, device) for s in cfg_scales)  # (B,) each
         if self.config.cfg_conditioning == "time-embed":
             self._time_shift.shift = self.cfg_conditioning.time_embedding(cfg_a, cfg_r).repeat_interleave(f, dim=0)
         else:

@@ -260,7 +260,7 @@ class FadaPipeline:
             audio_tokens = model.audio_tokens(windows(first, first + frames_per_clip)[None].to(device))  # (1, F, N, D)
             # 4. denoising loop from seeded noise
             shape = (1, frames_per_clip, *reference_latent.shape[1:])  # (1, F, C, h, w)
-            z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+            z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, non_blocking=True)
             nfe_before = model.nfe_counter
             for i, timestep in enumerate(scheduler.timesteps):
                 eps = strategy.guided_eps(model, z, timestep, audio_tokens, reference, config)

@@ -82,11 +82,14 @@ class DDIMSampler:
     def __init__(self, num_steps: int = 25, alphas_cumprod: torch.Tensor | None = None):
         self.timesteps = ddim_timesteps(num_steps)  # network timesteps, noisiest first
         self.alphas_cumprod = sd15_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+        self._on_device: torch.Tensor | None = None  # ᾱ on the latents' device, copied once
 
     def step(self, eps, z, i: int) -> torch.Tensor:
         """Advance z from ``timesteps[i]`` to ``timesteps[i + 1]`` (or ᾱ_0 after the last)."""
         t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else None
-        return ddim_step(eps, z, self.timesteps[i], t_prev, self.alphas_cumprod)
+        if self._on_device is None or self._on_device.device != z.device:  # a step then reads ᾱ on the device:
+            self._on_device = self.alphas_cumprod.to(z.device, non_blocking=True)  # no host-to-device copy per step
+        return ddim_step(eps, z, self.timesteps[i], t_prev, self._on_device)
 
 
 class PeRFlowScheduler:
