@@ -57,7 +57,9 @@ def main() -> None:
     for n in SIZES:
         start = 3 * n + n // 2  # mid-epoch 3: the position a long run is at
         legacy_count = max(5, min(200, 2_000_000 // n))
-        before_us, before_keys = per_key_us(lambda p, n=n: legacy_key(SEED, n, p), range(start, start + legacy_count), 5)
+        before_us, before_keys = per_key_us(
+            lambda p, n=n: legacy_key(SEED, n, p), range(start, start + legacy_count), 5
+        )
         sampler = WindowSampler(n, SEED)
         first_us, first_keys = per_key_us(sampler.key, [start])
         count = 20_000
@@ -73,8 +75,9 @@ def main() -> None:
         "# WindowSampler: µs per key (bench/bench_window_sampler.py)",
         "",
         f"One process, one thread, numpy {np.__version__}, load average {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} cores (the fastest of 5–10 blocks of keys); keys from mid-epoch 3 on. Before: a permutation of every "
-        "clip per key (the code up to issue 21). After: one permutation per epoch, kept; its first key pays for it.",
+        f"{os.cpu_count()} cores (the fastest of 5–10 blocks of keys); keys from mid-epoch 3 on. Before: a "
+        "permutation of every clip per key (the code up to issue 21). After: one permutation per epoch, kept; its "
+        "first key pays for it.",
         "",
         "| clips | before µs / key | after µs / key | after: first key of the epoch (µs) | same keys |",
         "|---|---|---|---|---|",

@@ -12,11 +12,15 @@ from fada_cli.options import (
     BatchSizeOption,
     CacheLatentsOption,
     CheckpointEveryOption,
+    CollectiveTimeoutOption,
+    ConnectTimeoutOption,
     DeviceOption,
     EmaOption,
     GradAccumOption,
     GradientCheckpointingOption,
     JsonOption,
+    LatentPrecisionOption,
+    LogEveryOption,
     LrScheduleOption,
     NumWorkersOption,
     OptimizerOption,
@@ -92,6 +96,10 @@ def command(
     optimizer: OptimizerOption = None,
     num_workers: NumWorkersOption = None,
     cache_latents: CacheLatentsOption = None,
+    latent_precision: LatentPrecisionOption = None,
+    log_every: LogEveryOption = None,
+    collective_timeout: CollectiveTimeoutOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
     audio_encoder: Annotated[
         str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder \\[mel].")
     ] = None,
@@ -139,7 +147,9 @@ def command(
                       checkpoint_every=checkpoint_every, seed=seed, loss_weighting=loss_weighting, snr_gamma=snr_gamma,
                       stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
                       gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, num_workers=num_workers,
-                      latent_cache=cache_latents, mixed_precision=dtype)  # fmt: skip
+                      latent_cache=cache_latents, latent_precision=latent_precision, log_every=log_every,
+                      collective_timeout=collective_timeout, connect_timeout=connect_timeout,
+                      mixed_precision=dtype)  # fmt: skip
     model_overrides = given(frames_per_clip=frames, **audio_encoder_fields(audio_encoder))
     result = fit(TeacherStage(pretrained_sd), manifest, out, preset=preset, overrides=overrides,
                  model_overrides=model_overrides, resume=resume, init_from=init_from, overwrite=overwrite,

@@ -285,7 +285,7 @@ class WindowSampler:
         return int(self.epoch_order(epoch)[offset]), sample_seed
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The clip order of ``epoch``: a permutation drawn from (seed, epoch), kept until another epoch is asked for."""
+        """The clip order of ``epoch``: a permutation drawn from (seed, epoch), kept until another epoch is wanted."""
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_clips))
         return self._order[1]

@@ -134,7 +134,7 @@ class FadaPipeline:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32"
+        cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
     ) -> FadaPipeline:
         """Load a checkpoint folder (teacher or fast/balanced student) once."""
         started = time.perf_counter()
@@ -348,7 +348,7 @@ def generate(
     out_mp4: str | Path,
     config: GenerateConfig | None = None,
     device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "fp32",
+    dtype: str | torch.dtype = "auto",
     quiet: bool = False,
     stream: bool = False,
 ) -> GenerationStats:

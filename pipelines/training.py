@@ -23,7 +23,6 @@ import functools
 import math
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -39,7 +38,7 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 
 from pipelines import checkpoint as ckpt
 from pipelines.data import WindowDataset, WindowSampler, default_num_workers, window_batches
-from pipelines.devices import DTYPES, bf16_supported, enable_tf32, resolve_device, resolve_dtype
+from pipelines.devices import DTYPES, bf16_supported, enable_tf32, resolve_device, resolve_dtype, unreachable
 from pipelines.errors import CheckpointError, DeviceError, UsageError
 from pipelines.extras import require
 from pipelines.manifest import manifest_hash
@@ -194,20 +193,12 @@ def check_rendezvous(timeout_s: float) -> None:
     if target is None:
         return
     host, port = target
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-                return
-        except OSError as exc:  # refused (nothing listening yet), unreachable, or no answer in time
-            if time.monotonic() + 0.5 >= deadline:
-                raise DeviceError(
-                    f"cannot reach the rendezvous of the launcher at {host}:{port} (MASTER_ADDR:MASTER_PORT) within "
-                    f"{timeout_s:g} s ({exc.strerror or type(exc).__name__}); check that the main node is up and that "
-                    "--main_process_ip/--main_process_port name it and the port is open from here, or raise "
-                    "`connect_timeout`."
-                ) from None
-            time.sleep(0.5)
+    if (reason := unreachable(host, port, timeout_s)) is not None:
+        raise DeviceError(
+            f"cannot reach the rendezvous of the launcher at {host}:{port} (MASTER_ADDR:MASTER_PORT) within "
+            f"{timeout_s:g} s ({reason}); check that the main node is up, that --main_process_ip and "
+            "--main_process_port name it and that the port is open from here, or raise `connect_timeout`."
+        )
 
 
 def preset_defaults(preset: str, device: torch.device) -> dict:
@@ -471,7 +462,7 @@ def sample_condition_dropout(batch_size: int, p_audio: float, p_both: float, gen
 def latent_dtype(model: FadaModel, config: TrainConfig) -> torch.dtype | None:
     """The dtype a VAE model's training latents are rounded to (`TrainConfig.latent_precision`), cached or encoded
     alike; None in pixel space, where the images themselves are the latents."""
-    return None if model.vae is None else DTYPES[config.latent_precision]
+    return None if getattr(model, "vae", None) is None else DTYPES[config.latent_precision]
 
 
 def model_overrides_applied(config: ModelConfig, overrides: dict) -> ModelConfig:
