@@ -186,7 +186,8 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
     common = {"batch_size": 1, "mixed_precision": options["precision"], "gradient_checkpointing": options["ckpt"],
               "optimizer": options.get("optimizer", "adamw")}  # fmt: skip
     torch.manual_seed(0)
-    model = FadaModel.from_config(config) if sd is None else FadaModel.from_pretrained_sd(config, sd)
+    with torch.device(device):  # random weights drawn on the GPU itself: seconds, not a minute of CPU init
+        model = FadaModel.from_config(config) if sd is None else FadaModel.from_pretrained_sd(config, sd)
     model.to(device)
     if kind == "teacher":
         train_config = TeacherTrainConfig(stage=options["stage"], loss_weighting="v", **common)
@@ -244,7 +245,8 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
     return row
 
 
-def save_checkpoints(sd: Path | None, work: Path, preset: str = "sd15", dtype: str = "fp32") -> dict[str, Path]:
+def save_checkpoints(sd: Path | None, work: Path, preset: str = "sd15", dtype: str = "fp32",
+                     device: str = "cpu") -> dict[str, Path]:  # fmt: skip
     """Teacher, fast and balanced student checkpoints of the random-weight model (written once).
 
     ``sd``: the SD1.5 folder the teacher starts from (None: fresh random weights); ``dtype``: the
@@ -262,7 +264,8 @@ def save_checkpoints(sd: Path | None, work: Path, preset: str = "sd15", dtype: s
         return paths
     torch.manual_seed(0)
     config = get_preset(preset)
-    teacher = FadaModel.from_config(config) if sd is None else FadaModel.from_pretrained_sd(config, sd)
+    with torch.device(device):  # drawn where it will run (a GPU: seconds), saved from there
+        teacher = FadaModel.from_config(config) if sd is None else FadaModel.from_pretrained_sd(config, sd)
     teacher.to(dtype=DTYPES[dtype])
     history = [{"stage": "image", "steps": 0}, {"stage": "video", "steps": 0}]
     config = {"model": teacher.config.to_dict(), "stages": history}
