@@ -68,9 +68,7 @@ def host_syncs(device: str) -> dict:
         errors = syncs.cuda_sync_errors()
         failed = {name: error for name, error in errors.items() if error}
         return {"steps": len(errors), "syncing_steps": len(failed), "first_error": next(iter(failed.values()), "")}
-    counts = syncs.count("meta")
-    return {"steps": len(counts), "syncing_steps": sum(1 for c in counts.values() if c),
-            "first_error": "; ".join(syncs.format_counts({k: v for k, v in counts.items() if v}))[:160]}  # fmt: skip
+    raise RuntimeError("no CUDA here: tests/test_host_syncs.py counts the syncs on meta instead")
 
 
 def row_line(r: dict) -> str:
