@@ -107,8 +107,8 @@ def main() -> None:
     missing = [r for r in wanted if normal(r.split("==")[0]) not in found]
     wrong = [n for n in found.values() if not ("-cp312-" in n or "py3-none-" in n or "-abi3-" in n)]
     size = sum(p.stat().st_size for p in (ROOT / ".whl").glob("*.whl")) / 2**20
-    print(f"local interpreter cp{tag}; dry-run rows: {len(rows)}, failing: {bad or 'none'}; "
-          f".whl: {len(found)} wheels, {size:.1f} MiB, missing {missing or 'none'}, not cp312 {wrong or 'none'}")  # fmt: skip
+    print(f"local interpreter cp{tag}; dry-run rows: {len(rows)}, failing: {bad or 'none'}; .whl: {len(found)} "
+          f"wheels, {size:.1f} MiB, missing {missing or 'none'}, not cp312 {wrong or 'none'}")  # fmt: skip
     if bad or missing or wrong or len(rows) < 7:
         sys.exit(1)
 
