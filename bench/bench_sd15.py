@@ -272,7 +272,8 @@ def save_checkpoints(sd: Path | None, work: Path, preset: str = "sd15", dtype: s
     save_checkpoint(paths["teacher"], stage="teacher", mode="teacher", config=config,
                     components=teacher.components(), step=0)  # fmt: skip
     for mode, conditioning in (("fast", "tokens"), ("balanced", "none")):
-        student = build_student_from_teacher(teacher, conditioning, teacher.config.cfg_tokens)
+        with torch.device(device):
+            student = build_student_from_teacher(teacher, conditioning, teacher.config.cfg_tokens)
         config = {"model": student.config.to_dict(), "train": {"windows": 4, "mode": mode}}
         save_checkpoint(paths[mode], stage="student", mode=mode, config=config, components=student.components(), step=0)
         del student
