@@ -78,8 +78,9 @@ def row_line(r: dict) -> str:
     if r["kind"] == "syncs":
         return f"| {r['name']} | {r['syncing_steps']} of {r['steps']} steps sync {r['first_error']} |"
     if r["kind"] == "generate":
+        nfe = f"{r['nfe']}" if r["nfe"] == r["expected_nfe"] else f"{r['nfe']} (NOT {r['expected_nfe']})"
         return (
-            f"| {r['name']} | NFE/clip {r['nfe']}, {r['steps']} steps, {r['frames']} frames in {r['seconds']:.1f} s "
+            f"| {r['name']} | NFE/clip {nfe}, {r['steps']} steps, {r['frames']} frames in {r['seconds']:.1f} s "
             f"({r['frames'] / r['seconds']:.2f} frames/s), peak GPU {r['peak_memory_mb'] / 1e3:.1f} GB |"
         )
     return (
