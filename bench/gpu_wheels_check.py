@@ -5,8 +5,8 @@ The GPU machine has no internet: bench/gpu_check.sh can only install the wheels 
 holds (`IMAGE`, its package list as read on 2026-11-17). This script plays that machine:
 
 1. an empty venv under /tmp whose only packages are the image's — those of `IMAGE` that this
-   interpreter has, linked in through a ``.pth`` file (their versions are this machine's lock, not
-   the image's: the GPU check accepts either);
+   interpreter has, with what they need, linked in through a ``.pth`` file (their versions are this
+   machine's lock, not the image's: the GPU check accepts either);
 2. ``pip install --no-index --find-links WHEELS -r bench/gpu_requirements.txt`` into it, WHEELS
    holding the same versions built for this interpreter: pip must find every dependency in the
    wheels or the image, with no index to fall back on;
@@ -60,9 +60,32 @@ def requirements() -> list[str]:
     return [line for line in lines if line]
 
 
+def with_dependencies(names: set[str]) -> set[str]:
+    """``names`` and, recursively, what their installed versions here require (no extras): the image holds
+    whatever its own packages need, though its list names only some of it (this lock's huggingface-hub
+    needs httpx2, the image's older one does not)."""
+    from packaging.requirements import Requirement
+
+    installed = {normal(d.metadata["Name"]): d for d in metadata.distributions()}
+    found, todo = set(), [n for n in names if n in installed]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        for text in installed[name].requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            if normal(requirement.name) in installed:
+                todo.append(normal(requirement.name))
+    return found
+
+
 def image_layer(site: Path) -> int:
-    """Link the top-level files and folders of every `IMAGE` distribution this interpreter has into ``site``."""
-    image, linked = {normal(n) for n in IMAGE}, 0
+    """Link the top-level files and folders of every `IMAGE` distribution this interpreter has (and of what
+    they need) into ``site``."""
+    image, linked = with_dependencies({normal(n) for n in IMAGE}), 0
     for dist in metadata.distributions():
         if normal(dist.metadata["Name"]) not in image or not dist.files:
             continue
