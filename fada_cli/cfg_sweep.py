@@ -44,7 +44,7 @@ def command(
     i3d_weights: I3dWeightsOption = None,
     r3d_weights: R3dWeightsOption = None,
     expression_weights: ExpressionWeightsOption = None,
-    iqa_metric: IqaMetricOption = "musiq",
+    iqa_metric: IqaMetricOption = "qalign",
     device: DeviceOption = "cpu",
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -77,7 +77,7 @@ def command(
     if as_json:
         typer.echo((out / "cfg_sweep.json").read_text())
         return
-    columns = ["axis", "scale", "nfe", "sync_proxy", "e_fid_proxy", "piqe", "sharpness", "fid", "fvd"]
+    columns = ["axis", "scale", "nfe", "sync_proxy", "e_fid_proxy", "iqa", "piqe", "sharpness", "fid", "fvd"]
     grid = Table(title=f"fada cfg-sweep: {checkpoint}")
     for column in columns:
         grid.add_column(column, justify="left" if column == "axis" else "right")

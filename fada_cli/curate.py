@@ -60,8 +60,13 @@ def command(
         Path | None, typer.Option("--syncnet-weights", help="SyncNet syncnet_v2.model; without it sync_* are NaN.")
     ] = None,
     iqa_metric: Annotated[
-        str, typer.Option("--iqa-metric", help="pyiqa metric read from its local cache ('none' to skip).")
-    ] = "musiq",
+        str,
+        typer.Option(
+            "--iqa-metric",
+            help="The iqa column: brisque (built in), or a learned metric read from the local cache only (qalign, "
+            "or a pyiqa metric in pyiqa's cache); 'none' to skip.",
+        ),
+    ] = "brisque",
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Keep the manifest and the parts of an interrupted run; skip clips in them."),

@@ -18,7 +18,7 @@ def _format(value: float | None, spec: str) -> str:
 
 
 def demo_table(summary: dict) -> Table:
-    """One row per mode: NFE, s per video s, speed-up, face rate, sync / E-FID proxies, PIQE, PSNR.
+    """One row per mode: NFE, s per video s, speed-up, face rate, sync / E-FID proxies, IQA (BRISQUE), PIQE, PSNR.
 
     The caption says how the proxies read the face (face mesh or mouth window) in each mode.
     """
@@ -32,7 +32,7 @@ def demo_table(summary: dict) -> Table:
     )
     table = Table(title=f"fada demo ({summary['model_preset']} preset, {steps})", caption=caption)
     for name in ("mode", "NFE", "s / video s", "speed-up", "face ↑", "sync proxy ↑", "|lag| ↓", "E-FID proxy ↓",
-                 "PIQE ↓", "PSNR ↑"):  # fmt: skip
+                 "BRISQUE ↓", "PIQE ↓", "PSNR ↑"):  # fmt: skip
         table.add_column(name, justify="left" if name == "mode" else "right", min_width=8 if name == "mode" else None)
     for mode, row in summary["modes"].items():
         table.add_row(
@@ -44,6 +44,7 @@ def demo_table(summary: dict) -> Table:
             _format(row["sync_proxy"], ".2f"),
             _format(row.get("sync_proxy_offset"), ".0f"),
             _format(row["e_fid_proxy"], ".3g"),
+            _format(row.get("iqa"), ".1f"),
             _format(row.get("piqe"), ".0f"),
             _format(row.get("psnr"), ".1f"),
         )

@@ -1,5 +1,5 @@
-"""`fada eval`: evaluate generated videos against references (PIQE, IQA, PSNR/SSIM/LPIPS, Sync-D/C, FID, FVD,
-E-FID, NFE-D and the weight-free proxies)."""
+"""`fada eval`: evaluate generated videos against references (IQA = BRISQUE, Q-Align, PIQE, PSNR/SSIM/LPIPS,
+Sync-D/C, FID, FVD, E-FID, NFE-D and the weight-free proxies)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def metrics_table(report: EvalReport) -> Table:
         arrow = {"lower": " ↓", "higher": " ↑"}.get(m.better, "")
         extractor = (m.extractor or "—") + (f" ({m.extractor_sha256[:8]})" if m.extractor_sha256 else "")
         extractor += f", {m.route}" if m.route else ""  # proxies: face mesh or mouth window
-        status = {"ok": "ok", "unavailable": f"needs {m.enable}"}.get(m.status, m.status)
+        status = {"ok": "ok", "unavailable": f"unavailable: needs {m.enable}"}.get(m.status, m.status)
         table.add_row(
             m.name + arrow,
             format_value(m.value),
@@ -71,7 +71,7 @@ def command(
     i3d_weights: I3dWeightsOption = None,
     r3d_weights: R3dWeightsOption = None,
     expression_weights: ExpressionWeightsOption = None,
-    iqa_metric: IqaMetricOption = "musiq",
+    iqa_metric: IqaMetricOption = "qalign",
     device: DeviceOption = "cpu",
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -79,14 +79,16 @@ def command(
     """Evaluate generated videos against references (IQA, Sync-D/C, FID, FVD, FVD-R, E-FID, NFE-D).
 
     Videos pair by file stem (gen/abc.mp4 ↔ ref/abc.mp4). NFE-D is read from the stats JSON that
-    `fada generate` writes beside each video. Always computed: PIQE (weight-free pyiqa IQA, lower
-    is better), sharpness (not an IQA), PSNR and SSIM of each pair, and the weight-free *_proxy
-    rows (sync, E-FID), which read the face with the face mesh or, where it fails on small or
-    noisy frames, through a mouth window found once and followed (the row names its route).
-    Learned metrics (IQA, LPIPS, SyncNet, FID, ...) need their weights file and are otherwise
-    reported as unavailable with what enables them; a proxy never stands in for them. The
-    extractor contracts are documented in pipelines/metrics/extractors.py. `fada cfg-sweep`
-    generates and evaluates over a grid of CFG scales.
+    `fada generate` writes beside each video. Always computed: iqa (BRISQUE at the frames' own
+    size, lower is better; its model ships with fada), PIQE (pyiqa, lower is better), sharpness
+    (not an IQA), PSNR and SSIM of each pair, and the weight-free *_proxy rows (sync, E-FID),
+    which read the face with the face mesh or, where it fails on small or noisy frames, through a
+    mouth window found once and followed (the row names its route). Learned metrics (Q-Align,
+    LPIPS, SyncNet, FID, ...) need their weights and are otherwise reported as unavailable with
+    what enables them; nothing is downloaded and a proxy never stands in for them. pyiqa (PIQE,
+    PSNR, SSIM, LPIPS, Q-Align) is licensed for noncommercial use only. The extractor contracts
+    are documented in pipelines/metrics/extractors.py. `fada cfg-sweep` generates and evaluates
+    over a grid of CFG scales.
 
     Example:
 

@@ -127,7 +127,12 @@ ExpressionWeightsOption = Annotated[
     Path | None, typer.Option("--expression-weights", help="Expression-coefficient TorchScript → E-FID.")
 ]
 IqaMetricOption = Annotated[
-    str, typer.Option("--iqa-metric", help="pyiqa metric whose weights are in pyiqa's cache; 'none' to skip.")
+    str,
+    typer.Option(
+        "--iqa-metric",
+        help="Learned IQA row beside BRISQUE, read from the local cache only: qalign (the paper's Q-Align, "
+        "Hugging Face cache) or a pyiqa metric in pyiqa's cache; 'none' to skip.",
+    ),
 ]
 
 

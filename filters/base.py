@@ -29,7 +29,9 @@ class ScoringSettings:
     """Options of the scorers that need weights; everything else is weight-free."""
 
     syncnet_weights: Path | None = None  # SyncNet `syncnet_v2.model`; None: SyncNet columns are NaN
-    iqa_metric: str | None = "musiq"  # pyiqa metric read from pyiqa's local cache; None: no IQA
+    # the `iqa` column: brisque (built in, lower is better), qalign (Hugging Face cache) or another pyiqa
+    # metric whose weights are in pyiqa's cache; None: no IQA (`brisque` is filled whatever is chosen)
+    iqa_metric: str | None = "brisque"
     detect_every: int = 5  # run the face detector on every n-th frame (landmarks run on all)
 
 

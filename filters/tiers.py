@@ -9,8 +9,10 @@ Thresholds file (YAML or TOML), every key optional, unknown keys are errors::
     strict:  {min_face_frac: 0.95, max_abs_sync_offset: 1}
     lenient: {min_face_frac: 0.8}
 
-A threshold of ``null`` (YAML) disables that check. Checks on SyncNet and pyiqa columns are
-skipped where the column is NaN (no weights); the others fail on NaN.
+A threshold of ``null`` (YAML) disables that check. Checks on SyncNet and IQA columns are
+skipped where the column is NaN (no weights); the others fail on NaN. ``min_iqa`` suits a
+higher-is-better ``--iqa-metric`` and ``max_iqa`` a lower-is-better one (`fada curate` refuses the
+other pairing).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class TierChecks:
     min_motion_mouth: float | None = 0.002  # mean per-frame mouth-opening change (a talking mouth)
     max_motion_head: float | None = 0.14  # head pose deviation from the clip mean (face units)
     min_sharpness: float | None = 16.0  # Laplacian variance (depends on resolution and content)
-    min_iqa: float | None = None  # pyiqa score, scale depends on the metric (skipped when NaN)
+    min_iqa: float | None = None  # `iqa` of a higher-is-better --iqa-metric, e.g. qalign 1–5 (skipped when NaN)
+    max_iqa: float | None = None  # `iqa` of a lower-is-better --iqa-metric, e.g. brisque (skipped when NaN)
     max_bg_instability: float | None = 0.04  # mean |Δ grey| / 255 outside the person (skipped when NaN)
     max_bg_noise: float | None = 6.0  # temporal noise sigma outside the person, grey levels (skipped when NaN)
 
@@ -64,6 +67,7 @@ STRICT_DEFAULTS = TierChecks(
     max_motion_head=0.06,
     min_sharpness=100.0,
     min_iqa=None,
+    max_iqa=None,
     max_bg_instability=0.006,
     max_bg_noise=0.3,
 )
@@ -82,6 +86,7 @@ CHECK_COLUMNS: dict[str, tuple[str, str, bool, bool]] = {
     "max_motion_head": ("motion_head", "max", False, False),
     "min_sharpness": ("sharpness", "min", False, False),
     "min_iqa": ("iqa", "min", False, True),
+    "max_iqa": ("iqa", "max", False, True),
     "max_bg_instability": ("bg_instability", "max", False, True),
     "max_bg_noise": ("bg_noise", "max", False, True),
 }

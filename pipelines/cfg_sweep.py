@@ -28,7 +28,8 @@ from pipelines.media import read_video
 from pipelines.pipeline import FadaPipeline
 from pipelines.progress import log
 
-SWEEP_METRICS = ("sync_proxy", "e_fid_proxy", "piqe", "sharpness", "fid", "fvd", "fvd_r", "e_fid", "sync_c", "sync_d")
+SWEEP_METRICS = ("sync_proxy", "e_fid_proxy", "iqa", "piqe", "sharpness", "fid", "fvd", "fvd_r", "e_fid", "sync_c",
+                 "sync_d")  # fmt: skip
 AXES = {"audio": "cfg_audio", "ref": "cfg_ref"}  # sweep axis → GenerateConfig field
 
 

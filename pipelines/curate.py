@@ -51,6 +51,7 @@ from filters.tiers import Thresholds, assign_tier, write_thresholds
 from pipelines import curate_ray, faces, media
 from pipelines.errors import FadaError, ManifestError, UsageError
 from pipelines.manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
+from pipelines.metrics import quality
 from pipelines.progress import make_progress
 
 SCORERS = (face, sync, motion, image_quality, background)  # every scorer, in the order they run
@@ -106,6 +107,21 @@ class CurateConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message + ".")
+        self._check_iqa_thresholds()
+
+    def _check_iqa_thresholds(self) -> None:
+        """A ``min_iqa`` threshold on a lower-is-better ``iqa_metric`` (or ``max_iqa`` on a higher-is-better
+        one) would keep the worst clips: refused."""
+        metric = self.scoring.iqa_metric
+        used = [(tier, name) for tier in ("strict", "lenient") for name in ("min_iqa", "max_iqa")
+                if getattr(getattr(self.thresholds, tier), name) is not None]  # fmt: skip
+        if not metric or not used:
+            return
+        direction, right = ("lower", "max_iqa") if quality.iqa_lower_better(metric) else ("higher", "min_iqa")
+        for tier, name in used:
+            if name != right:
+                raise UsageError(f"`thresholds` [{tier}] {name}: `iqa_metric` {metric} is {direction}-is-better; "
+                                 f"use {right} instead.")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

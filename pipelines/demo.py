@@ -55,7 +55,7 @@ STUDENT_MODES = ("balanced", "fast")  # distilled after the teacher, in this ord
 TEACHER_SHARE = 0.7  # of the minutes left after the probes and the generate + eval reserve; the students split the rest
 PRESETS = ("tiny", "demo")
 # eval rows copied into each mode's summary row (the `fada demo` table's metric columns)
-DEMO_METRICS = ("sync_proxy", "sync_proxy_offset", "e_fid_proxy", "piqe", "sharpness", "psnr", "ssim")
+DEMO_METRICS = ("sync_proxy", "sync_proxy_offset", "e_fid_proxy", "iqa", "piqe", "sharpness", "psnr", "ssim")
 
 
 @dataclass(frozen=True)

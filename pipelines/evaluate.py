@@ -5,13 +5,19 @@
 3. analyse every video once, each reference before its generated partner: frames, audio,
    face-mesh landmarks, the mouth window (from the mesh, else found once on the reference's
    still or the video's clearest stills, `metrics.mouth_window`); per-video scores (SyncNet, sync
-   proxy, PIQE, a learned IQA, sharpness, NFE-D from the generation stats JSON), full-reference
+   proxy, BRISQUE, Q-Align, PIQE, sharpness, NFE-D from the generation stats JSON), full-reference
    scores of the pair (PSNR, SSIM, LPIPS) and per-frame / per-clip features for the set metrics;
 4. set metrics: Fréchet distances (FID, FVD, FVD-R, E-FID, E-FID proxy) and per-video means;
 5. write ``metrics.json`` and ``per_video.parquet`` into the output folder.
 
 A metric whose weights were not given is reported ``unavailable`` with the option that enables
 it; its ``*_proxy`` is a separate row, never a stand-in.
+
+Image quality: the ``iqa`` row is BRISQUE (`pipelines.metrics.brisque`, lower is better) on every
+`quality.FRAME_STEP`-th frame at the frames' own size: it needs no download and ranked clean demo
+frames above blurred, noisy and JPEG ones and pure noise last (`bench/verify_eval.py`). The learned
+IQA (``qalign`` by default, the paper's Q-Align, 1–5, higher is better) is its own row, run only
+where its weights are in the local cache; PIQE and sharpness are extra rows under their own names.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from pipelines.faces import FaceMeshTracker
 from pipelines.manifest import clip_path, read_manifest
 from pipelines.media import AUDIO_SR, probe_video, read_audio, read_video
 from pipelines.metrics import extractors, mouth_window, proxies, quality
+from pipelines.metrics.brisque import EXTRACTOR as BRISQUE_EXTRACTOR
+from pipelines.metrics.brisque import brisque
 from pipelines.metrics.frechet import frechet_distance_of_features
 from pipelines.progress import log, make_progress
 
@@ -55,7 +63,7 @@ class EvalConfig:
     i3d_weights: Path | None = None  # I3D TorchScript → FVD
     r3d_weights: Path | None = None  # 3D-ResNet TorchScript → FVD-R
     expression_weights: Path | None = None  # expression-coefficient TorchScript → E-FID
-    iqa_metric: str | None = "musiq"  # learned pyiqa metric read from pyiqa's local cache → iqa; None: none
+    iqa_metric: str | None = "qalign"  # learned pyiqa IQA from the local cache, its own row; None: none
     nr_iqa_metric: str = "piqe"  # weight-free pyiqa metric (`metrics.quality.WEIGHT_FREE_IQA`), always run
     device: str = "cpu"  # where the TorchScript extractors run (auto, cpu, cuda[:N], mps)
     batch_size: int = 16  # frames (or 16-frame clips) per extractor call
@@ -65,6 +73,15 @@ class EvalConfig:
         if self.nr_iqa_metric not in quality.WEIGHT_FREE_IQA:
             choices = ", ".join(quality.WEIGHT_FREE_IQA)
             raise UsageError(f"weight-free IQA metric {self.nr_iqa_metric!r} is not available; use one of {choices}.")
+        if self.iqa_metric in (quality.BRISQUE, self.nr_iqa_metric):
+            raise UsageError(f"`iqa_metric` {self.iqa_metric} is always reported (the iqa row is BRISQUE, "
+                             f"{self.nr_iqa_metric} has its own row); name a learned metric such as qalign, "
+                             "or none.")  # fmt: skip
+
+    @property
+    def learned_iqa(self) -> str:
+        """The learned IQA row's name: the chosen metric, or qalign when none was chosen."""
+        return self.iqa_metric or quality.QALIGN_METRICS[0]
 
 
 @dataclass(frozen=True)
@@ -138,7 +155,7 @@ def pair_videos(generated: dict[str, Path], reference: dict[str, Path]) -> list[
 class LoadedExtractors:
     torchscript: dict[str, extractors.Extractor]  # metric → extractor, only those given
     syncnet: extractors.SyncNetExtractor | None
-    iqa_problem: str | None  # why the learned pyiqa metric cannot run (None: it can)
+    iqa_problem: str | None  # why the learned IQA metric cannot run (None: its weights are local)
     lpips_problem: str | None  # why LPIPS cannot run (None: its weights are local)
 
 
@@ -150,7 +167,9 @@ def load_extractors(config: EvalConfig) -> LoadedExtractors:
         if getattr(config, attribute) is not None
     }
     syncnet = extractors.load_syncnet(config.syncnet_weights) if config.syncnet_weights is not None else None
-    problem = quality.pyiqa_weights_problem(config.iqa_metric) if config.iqa_metric else "no --iqa-metric chosen"
+    problem = quality.learned_iqa_problem(config.iqa_metric) if config.iqa_metric else "--iqa-metric none"
+    if problem is None:  # built once here, on the extractors' device
+        problem = quality.learned_iqa_load_problem(config.iqa_metric, str(device))
     return LoadedExtractors(torchscript, syncnet, problem, quality.lpips_weights_problem())
 
 
@@ -211,13 +230,15 @@ def analyse_video(path: Path, loaded: LoadedExtractors, config: EvalConfig, with
     row: dict = {"video_path": str(path), "n_frames": len(frames), "fps": fps, "has_audio": has_audio}
     row["face_frames"] = sum(points is not None for points in landmarks)
     row["sharpness"] = proxies.sharpness(frames)
-    row[config.nr_iqa_metric] = quality.weight_free_iqa(frames[:: quality.FRAME_STEP], config.nr_iqa_metric)
-    row["iqa"] = math.nan
+    scored = frames[:: quality.FRAME_STEP]  # (T', H, W, 3) at the video's own size
+    row[quality.BRISQUE] = brisque(scored)
+    row[config.nr_iqa_metric] = quality.weight_free_iqa(scored, config.nr_iqa_metric)
+    row[config.learned_iqa] = math.nan
     if loaded.iqa_problem is None:
         try:
-            row["iqa"] = quality.pyiqa_score(frames[:: quality.FRAME_STEP], config.iqa_metric)
+            row[config.learned_iqa] = quality.pyiqa_score(scored, config.iqa_metric, str(resolve_device(config.device)))
         except (RuntimeError, OSError, ValueError) as exc:  # weights present but unusable on this video
-            notes.append(f"iqa: {config.iqa_metric} failed ({' '.join(str(exc).split())[:160]})")
+            notes.append(f"{config.iqa_metric} failed ({' '.join(str(exc).split())[:160]})")
     anchor = _mouth_anchor(frames, landmarks, portrait)
     row["mouth_found_by"] = anchor.source if anchor is not None else ""
     if has_audio:
@@ -349,17 +370,20 @@ def set_metrics(df: pd.DataFrame, samples: dict[str, list[dict]], loaded: Loaded
         )
     else:
         results.append(unavailable("nfe_d", "videos", "", "VIDEO.json with 'nfe' beside each video (`fada generate`)"))
-    # image quality: the weight-free pyiqa metric, the learned one (cache only), and sharpness (not an IQA)
+    # image quality: BRISQUE (the `iqa` row), the learned IQA (local cache only), PIQE, sharpness (not an IQA)
+    results.append(per_video_metric("iqa", df, quality.BRISQUE, "lower", BRISQUE_EXTRACTOR))
+    learned = config.learned_iqa
+    if loaded.iqa_problem is None:
+        better = "lower" if quality.iqa_lower_better(learned) else "higher"
+        results.append(per_video_metric(learned, df, learned, better, f"pyiqa {learned} (local cache)"))
+    else:
+        enable = f"--iqa-metric {learned} with its weights in pyiqa's cache"
+        if learned in quality.QALIGN_METRICS:
+            enable = f"--iqa-metric {learned} with {quality.QALIGN_REPO} in the Hugging Face cache"
+        results.append(unavailable(learned, "videos", "higher", enable, loaded.iqa_problem))
     nr = config.nr_iqa_metric
     nr_better = "lower" if quality.iqa_lower_better(nr) else "higher"
     results.append(per_video_metric(nr, df, nr, nr_better, f"pyiqa {nr} (weight-free)"))
-    if loaded.iqa_problem is None:
-        better = "lower" if quality.iqa_lower_better(config.iqa_metric) else "higher"
-        results.append(per_video_metric("iqa", df, "iqa", better, f"pyiqa {config.iqa_metric} (local cache)"))
-    else:
-        results.append(
-            unavailable("iqa", "videos", "higher", "--iqa-metric NAME (weights in pyiqa's cache)", loaded.iqa_problem)
-        )
     results.append(per_video_metric("sharpness", df, "sharpness", "higher", proxies.SHARPNESS_EXTRACTOR))
     # full-reference metrics of each generated video against its reference (value on the generated set)
     for name, better in (("psnr", "higher"), ("ssim", "higher")):

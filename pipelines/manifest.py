@@ -52,10 +52,10 @@ SCORE_COLUMNS: dict[str, str] = {
     "sync_proxy_conf": "float64",  # landmark proxy confidence (Pearson r at the best lag)
     "motion_head": "float64",  # head motion measure
     "motion_mouth": "float64",  # mouth motion measure
-    "iqa": "float64",  # image quality score of `iqa_metric`
-    "iqa_metric": "str",  # which IQA metric produced `iqa`
+    "iqa": "float64",  # image quality score of `iqa_metric` (direction: that metric's)
+    "iqa_metric": "str",  # which IQA metric produced `iqa` (default brisque; NaN `iqa` and a note without weights)
     "sharpness": "float64",  # Laplacian variance sharpness
-    "brisque": "float64",  # OpenCV BRISQUE (lower is better; NaN without its model files)
+    "brisque": "float64",  # BRISQUE at the clip's size (lower is better; `pipelines.metrics.brisque`)
     "bg_instability": "float64",  # background instability measure
     "bg_noise": "float64",  # temporal noise sigma of the background (grey levels)
     "tier": "str",  # A | B | reject

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,30 @@ torch.set_num_threads(1)
 def _no_debug_tracebacks(monkeypatch):
     """Tests see the user-facing one-line errors, whatever the caller's environment says."""
     monkeypatch.delenv("FADA_DEBUG", raising=False)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """The network blocked: ``HF_HUB_OFFLINE=1`` and every socket connection or name lookup refused.
+
+    Yields the list of attempts; a test asserts it stayed empty (an attempt also raises
+    ``ConnectionRefusedError`` where it happens, which code that swallows errors may hide).
+    """
+    attempts: list[str] = []
+
+    def refuse(what):
+        def blocked(*args, **kwargs):
+            attempts.append(f"{what}{args[1:] if what == 'connect' else args}"[:200])
+            raise ConnectionRefusedError(f"network blocked in this test: {what}")
+
+        return blocked
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    yield attempts
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,7 @@ def test_cfg_sweep_tiny_2x2(inputs, tmp_path, monkeypatch):
                                                                       ("ref", 2.5)]  # fmt: skip
     assert (table["nfe"] == 3).all() and (table["videos"] == 1).all()  # 1 DDIM step × 3 CFG branches
     assert table["sharpness"].gt(0).all() and table["piqe"].between(0, 100).all()
+    assert table["iqa"].notna().all()  # BRISQUE at every point
     # the default point (6.5, 2.5) is generated once and shared by both axes
     assert table.loc[1, "folder"] == table.loc[3, "folder"]
     assert len(list(out.glob("audio*_ref*/videos/*.mp4"))) == 3

@@ -69,7 +69,7 @@ def test_split_holds_one_identity_out():
 
 def test_demo_table_shows_every_metric_and_the_route():
     row = {"nfe": 6, "seconds_per_video_second": 2.0, "speed_up": 1.0, "face_rate": 0.1, "sync_proxy": 0.05,
-           "sync_proxy_offset": -3.0, "e_fid_proxy": 0.178, "piqe": 83.4, "psnr": 8.17,
+           "sync_proxy_offset": -3.0, "e_fid_proxy": 0.178, "iqa": 31.26, "piqe": 83.4, "psnr": 8.17,
            "routes": {"sync_proxy": "mouth window", "e_fid_proxy": "mouth window"}}  # fmt: skip
     summary = {"model_preset": "tiny", "teacher": {"stages": {"image": {"steps": 8}, "video": {"steps": 5}}},
                "modes": {"teacher": row, "fast": {**row, "piqe": None}}}  # fmt: skip
@@ -77,6 +77,7 @@ def test_demo_table_shows_every_metric_and_the_route():
     console.print(demo_table(summary))
     text = console.export_text()
     assert "PIQE ↓" in text and "0.05" in text and "0.178" in text and "83" in text and "8.2" in text
+    assert "BRISQUE ↓" in text and "31.3" in text
     assert "proxies read the face by mouth window" in text
     assert text.count("—") == 1  # the fast row's missing PIQE
 
@@ -112,6 +113,7 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert summary["students"][mode]["steps"] >= 2 and np.isfinite(summary["students"][mode]["final_loss"])
         assert summary["modes"][mode]["speed_up"] > 0
     assert teacher["seconds_per_video_second"] > 0 and teacher["sharpness"] > 0 and teacher["piqe"] is not None
+    assert teacher["iqa"] is not None  # BRISQUE: needs no weights
     assert teacher["e_fid_proxy"] is None or teacher["e_fid_proxy"] >= 0
     # the teacher went through the image stage, then the video stage started from it
     stages = summary["teacher"]["stages"]

@@ -1,7 +1,9 @@
-"""What `fada eval` adds for generated videos: PIQE, full-reference scores, the mouth-window route."""
+"""What `fada eval` adds for generated videos: BRISQUE, Q-Align from the cache only, PIQE, full-reference
+scores, the mouth-window route."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -12,7 +14,7 @@ import torch
 from pipelines.demo_data import DemoDataConfig, render_clip
 from pipelines.faces import FaceMeshTracker
 from pipelines.media import AUDIO_SR, VIDEO_FPS
-from pipelines.metrics import mouth_window, proxies, quality
+from pipelines.metrics import brisque, mouth_window, proxies, quality
 
 OFFSET = 3  # frames the mouth lags the speech in the test clip
 
@@ -26,17 +28,83 @@ def degrade(frames: np.ndarray, blur: float, noise: float, seed: int = 0) -> np.
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def jpeg(frames: np.ndarray, level: int = 10) -> np.ndarray:
+    """Each frame JPEG-encoded at quality ``level`` and decoded."""
+    encoded = (cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, level])[1] for f in frames)
+    return np.stack([cv2.imdecode(e, cv2.IMREAD_UNCHANGED) for e in encoded])
+
+
+TRUTH = {"identity": "id0", "offset_frames": OFFSET, "motion_level": 0.4, "blur_sigma": 0.0, "noise_std": 0.0,
+         "bg_flicker": 0.0}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def talking_clip():
     """A 3-s, 64-px demo talking face whose mouth lags its speech by OFFSET frames: (frames, audio)."""
-    config = DemoDataConfig(clips=1, identities=1, size=64, seconds=3.0, seed=2)
-    truth = {"identity": "id0", "offset_frames": OFFSET, "motion_level": 0.4, "blur_sigma": 0.0, "noise_std": 0.0,
-             "bg_flicker": 0.0}  # fmt: skip
-    return render_clip(config, 0, truth)
+    return render_clip(DemoDataConfig(clips=1, identities=1, size=64, seconds=3.0, seed=2), 0, TRUTH)
 
 
 # ---------------------------------------------------------------------------------------------
 # image quality
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_brisque_ranks_a_clean_face_above_its_degraded_versions_and_pure_noise_last(size, no_network):
+    """At the frames' own size: the synthetic face as rendered beats it blurred (σ 1 px), with noise
+    (σ 0.05 and 0.1), and JPEG-compressed (quality 10); pure noise is worst of all. Measured margins
+    are wide (clean ≈ −2…−6, degraded 25–46, pure noise ≈ 87–89), so the test is not on a knife edge."""
+    frames = render_clip(DemoDataConfig(clips=1, identities=1, size=size, seconds=1.0, seed=2), 0, TRUTH)[0][::5]
+    pure = np.random.default_rng(1).integers(0, 256, frames.shape, dtype=np.uint8)
+    degraded = {"blurred": degrade(frames, 1.0, 0), "noise 0.05": degrade(frames, 0, 0.05),
+                "noise 0.1": degrade(frames, 0, 0.1), "jpeg 10": jpeg(frames)}  # fmt: skip
+    clean, noise_only = brisque.brisque(frames), brisque.brisque(pure)
+    scores = {name: brisque.brisque(version) for name, version in degraded.items()}
+    assert all(clean < score < noise_only for score in scores.values()), (clean, scores, noise_only)
+    assert quality.iqa_lower_better(quality.BRISQUE) and no_network == []
+
+
+def test_brisque_equals_opencv_contrib_and_scores_the_image_at_its_own_size(talking_clip):
+    """Same features and score as `cv2.quality.QualityBRISQUE` with the shipped model (OpenCV clips
+    the score to [0, 100]); the image is scored as it is, never resized."""
+    if not hasattr(cv2, "quality"):
+        pytest.skip("this cv2 is not the opencv-contrib build (no cv2.quality to compare against)")
+    frame = talking_clip[0][10]
+    images = [frame, degrade(frame[None], 1.0, 0)[0], degrade(frame[None], 0, 0.1)[0], jpeg(frame[None])[0],
+              cv2.resize(frame, (45, 37), interpolation=cv2.INTER_AREA)]  # fmt: skip
+    model, ranges = str(brisque.MODEL_FILE), str(brisque.RANGE_FILE)
+    for image in images:
+        bgr = image[:, :, ::-1].copy()
+        theirs = cv2.quality.QualityBRISQUE_compute(bgr, model, ranges)[0]
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+        np.testing.assert_allclose(brisque.brisque_features(grey), cv2.quality.QualityBRISQUE_computeFeatures(bgr)[0],
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+        assert min(max(brisque.brisque_score(image), 0.0), 100.0) == pytest.approx(theirs, abs=1e-3)
+    # scored at its own size: the 64-px frame and its 2× upscale are different images and scores
+    upscaled = cv2.resize(frame, (128, 128), interpolation=cv2.INTER_CUBIC)
+    assert abs(brisque.brisque_score(upscaled) - brisque.brisque_score(frame)) > 1.0
+
+
+def test_qalign_is_unavailable_with_an_empty_cache_and_found_in_a_complete_one(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    problem = quality.learned_iqa_problem("qalign")
+    assert quality.QALIGN_REPO in problem and str(tmp_path) in problem and "hf download" in problem
+    # a cache laid out as huggingface_hub writes it: refs/main → snapshots/<commit>/…
+    commit = "0" * 40
+    folder = tmp_path / "models--q-future--one-align"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    assert "no weight file" in quality.learned_iqa_problem("qalign")
+    shards = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    weight_map = {"a": shards[0], "b": shards[1]}
+    (snapshot / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (snapshot / shards[0]).write_bytes(b"")
+    assert shards[1] in quality.learned_iqa_problem("qalign")  # an interrupted download: one shard missing
+    (snapshot / shards[1]).write_bytes(b"")
+    assert quality.learned_iqa_problem("qalign") is None
+    assert no_network == []
 
 
 def test_piqe_scores_clean_frames_better_than_blurred_and_noise_worst(talking_clip):

@@ -17,6 +17,9 @@ from fada_cli.main import app
 from pipelines.demo_data import DemoDataConfig, generate_demo_data
 from pipelines.errors import InputFileError
 from pipelines.evaluate import EvalConfig, EvalReport, MetricResult, evaluate, read_nfe
+from pipelines.media import read_video
+from pipelines.metrics import quality
+from pipelines.metrics.brisque import brisque
 
 runner = CliRunner()
 
@@ -47,10 +50,12 @@ def by_name(payload: dict) -> dict[str, dict]:
     return {m["name"]: m for m in payload["metrics"]}
 
 
-def test_cli_eval_reports_every_metric(sets):
+def test_cli_eval_reports_every_metric(sets, no_network, monkeypatch):
+    """With the network blocked and empty weight caches: nothing is fetched, learned metrics are unavailable."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(sets["root"] / "empty_hf_cache"))
     out = sets["root"] / "out"
     args = ["eval", "--generated", str(sets["gen"]), "--reference", str(sets["ref"]), "--out", str(out)]
-    args += ["--inception-weights", str(sets["inception"]), "--iqa-metric", "none", "--quiet", "--json"]
+    args += ["--inception-weights", str(sets["inception"]), "--quiet", "--json"]  # --iqa-metric: qalign
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
@@ -61,7 +66,7 @@ def test_cli_eval_reports_every_metric(sets):
     assert metrics["nfe_d"]["status"] == "ok" and metrics["nfe_d"]["value"] == 18 and metrics["nfe_d"]["n"] == 2
     # learned metrics without weights: unavailable, with the option that enables them, no value
     enabling = {"sync_d": "--syncnet-weights", "sync_c": "--syncnet-weights", "fvd": "--i3d-weights"}
-    enabling |= {"fvd_r": "--r3d-weights", "e_fid": "--expression-weights", "iqa": "--iqa-metric"}
+    enabling |= {"fvd_r": "--r3d-weights", "e_fid": "--expression-weights", "qalign": "--iqa-metric qalign"}
     enabling |= {"lpips": "LPIPS weights"}
     for name, option in enabling.items():
         assert metrics[name]["status"] == "unavailable", name
@@ -72,9 +77,15 @@ def test_cli_eval_reports_every_metric(sets):
     assert fid["extractor_sha256"] == hashlib.sha256(sets["inception"].read_bytes()).hexdigest()
     assert fid["value"] == pytest.approx(0.0, abs=1e-6) and "2048" in fid["note"]
     assert "not found" in metrics["lpips"]["note"]  # no LPIPS weights on the test machine
+    assert "q-future/one-align is not in the Hugging Face cache" in metrics["qalign"]["note"]
+    assert metrics["qalign"]["better"] == "higher" and "hf download" in metrics["qalign"]["note"]
+    assert no_network == []  # nothing tried to reach the network
     # weight-free metrics: always computed; identical sets give identical per-video means and E-FID proxy 0
-    for name in ("piqe", "sharpness", "psnr", "ssim", "sync_proxy", "sync_proxy_r", "e_fid_proxy"):
+    for name in ("iqa", "piqe", "sharpness", "psnr", "ssim", "sync_proxy", "sync_proxy_r", "e_fid_proxy"):
         assert metrics[name]["status"] == "ok" and metrics[name]["extractor"], name
+    # the headline IQA is BRISQUE (lower is better) of every 5th frame at the videos' own 64 px
+    assert metrics["iqa"]["better"] == "lower" and metrics["iqa"]["extractor"].startswith("brisque")
+    assert metrics["iqa"]["value"] == pytest.approx(metrics["iqa"]["reference_value"]) and metrics["iqa"]["n"] == 2
     assert metrics["piqe"]["better"] == "lower" and 0 <= metrics["piqe"]["value"] <= 100
     assert metrics["piqe"]["value"] == pytest.approx(metrics["piqe"]["reference_value"])
     # full reference, each generated video against itself: SSIM 1, PSNR far above any real pair's
@@ -90,7 +101,53 @@ def test_cli_eval_reports_every_metric(sets):
         ("generated", "demo_0000"), ("generated", "demo_0001"), ("reference", "demo_0000"), ("reference", "demo_0001")
     ]  # fmt: skip
     assert (per_video["face_frames"] == 50).all()
+    first = per_video.iloc[0]
+    assert first["brisque"] == pytest.approx(brisque(read_video(first["video_path"])[0][:: quality.FRAME_STEP]))
+    assert metrics["iqa"]["value"] == pytest.approx(per_video.loc[per_video["set"] == "generated", "brisque"].mean())
     assert per_video.loc[per_video["set"] == "generated", "nfe"].tolist() == [18.0, 18.0]
+
+
+def fake_qalign_cache(folder):
+    """A Hugging Face cache holding a complete (empty-file) `q-future/one-align` snapshot."""
+    snapshot = folder / "models--q-future--one-align" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_text("{}")
+
+
+def test_qalign_row_when_its_weights_are_cached(sets, tmp_path, monkeypatch, no_network):
+    """The learned row's plumbing with Q-Align's weights "cached" and pyiqa's model replaced by a stub
+    (the real one is an 8 B-parameter download): one frame per call, every 5th frame, its own row."""
+    fake_qalign_cache(tmp_path / "hf")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    calls = []
+
+    def stub(images):  # pyiqa's qalign: (1, 3, H, W) in [0, 1] → a 1–5 score
+        calls.append(tuple(images.shape))
+        return torch.full((1,), 1.0 + 4.0 * float(images.mean()))
+
+    real_load = quality.load_pyiqa
+    monkeypatch.setattr(quality, "load_pyiqa", lambda metric, device="cpu": stub if metric == "qalign" else
+                        real_load(metric, device))  # fmt: skip
+    report = evaluate(sets["gen"], sets["ref"], tmp_path / "out", EvalConfig(), quiet=True)
+    row = {m.name: m for m in report.metrics}["qalign"]
+    assert (row.status, row.better, row.n, row.extractor) == ("ok", "higher", 2, "pyiqa qalign (local cache)")
+    assert 1.0 < row.value < 5.0 and row.value == pytest.approx(row.reference_value)  # generated = reference copies
+    assert len(calls) == 4 * 10 and set(calls) == {(1, 3, 64, 64)}  # 4 videos × every 5th of 50 frames, own size
+    assert report.per_video["qalign"].notna().all() and no_network == []
+
+    # weights present but pyiqa cannot build the model here: unavailable with the reason, not an error
+    def broken_load(metric, device="cpu"):
+        if metric == "qalign":
+            raise TypeError("unexpected keyword")
+        return real_load(metric, device)
+
+    monkeypatch.setattr(quality, "load_pyiqa", broken_load)
+    report = evaluate(sets["gen"], sets["ref"], tmp_path / "out2", EvalConfig(), quiet=True)
+    row = {m.name: m for m in report.metrics}["qalign"]
+    assert row.status == "unavailable" and "pyiqa could not build qalign (TypeError" in row.note
 
 
 def test_metrics_table_shows_status_and_enabling_option():
@@ -107,7 +164,7 @@ def test_metrics_table_shows_status_and_enabling_option():
     console.print(metrics_table(EvalReport(metrics, pd.DataFrame(), pairs=3)))
     text = console.export_text()
     assert "fid ↓" in text and "12.5" in text and "100 / 90 frames" in text and "abababab" in text
-    assert "needs --syncnet-weights PATH" in text
+    assert "unavailable: needs --syncnet-weights PATH" in text
     assert "lag r, mouth window" in text
 
 
@@ -141,6 +198,8 @@ def test_cli_eval_errors(tmp_path):
                                  "--out", str(tmp_path / "out")])  # fmt: skip
     assert result.exit_code == 1 and "--generated" in result.stderr and "not a folder of mp4 files" in result.stderr
     assert not (tmp_path / "out").exists()
+    result = runner.invoke(app, [*base, "--iqa-metric", "brisque"])
+    assert result.exit_code == 2 and "--iqa-metric brisque is always reported (the iqa row is BRISQUE" in result.stderr
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
@@ -102,15 +103,38 @@ def test_sharpness_falls_with_blur():
     assert values[0] > 5 * values[-1]
 
 
-def test_iqa_without_cached_weights_is_nan_with_reason(tmp_path, monkeypatch):
+def test_iqa_is_brisque_by_default_and_a_learned_metric_without_weights_is_nan(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     metrics_quality.pyiqa_weights_problem.cache_clear()
-    frames = np.full((5, 32, 32, 3), 128, np.uint8)
-    result = image_quality.score(ClipData(frames=frames, audio=np.zeros(3200, np.float32), settings=ScoringSettings()))
+    frames = np.random.default_rng(RNG_SEED).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    audio = np.zeros(3200, np.float32)
+    default = image_quality.score(ClipData(frames=frames, audio=audio))
+    assert default["iqa_metric"] == "brisque" and default["iqa"] == default["brisque"] > 50  # noise: poor
+    assert "notes" not in default
+    for metric, reason in (("musiq", "not in pyiqa cache"), ("qalign", "not in the Hugging Face cache")):
+        result = image_quality.score(ClipData(frames=frames, audio=audio, settings=ScoringSettings(iqa_metric=metric)))
+        assert math.isnan(result["iqa"]) and result["iqa_metric"] == metric, metric
+        assert result["notes"].startswith("iqa: ") and reason in result["notes"] and str(tmp_path) in result["notes"]
+        assert result["brisque"] == default["brisque"]  # BRISQUE whatever the iqa column holds
     metrics_quality.pyiqa_weights_problem.cache_clear()
-    assert math.isnan(result["iqa"]) and result["iqa_metric"] == "musiq"
-    assert "not in pyiqa cache" in result["notes"] and str(tmp_path) in result["notes"]
-    assert result["sharpness"] == 0.0
+    flat = image_quality.score(ClipData(frames=np.full((5, 32, 32, 3), 128, np.uint8), audio=audio))
+    assert flat["sharpness"] == 0.0 and math.isnan(flat["brisque"])  # no contrast: nothing to measure
+
+
+def test_iqa_thresholds_must_follow_the_metric_direction():
+    from pipelines.curate import CurateConfig
+
+    lower_better = tiers.Thresholds(lenient=tiers.TierChecks(max_iqa=40.0))
+    CurateConfig(thresholds=lower_better).validate()  # brisque (the default): lower is better
+    with pytest.raises(UsageError, match=r"\[strict\] min_iqa: `iqa_metric` brisque is lower-is-better; use max_iqa"):
+        CurateConfig(thresholds=tiers.Thresholds(strict=tiers.TierChecks(min_iqa=20.0))).validate()
+    with pytest.raises(UsageError, match="qalign is higher-is-better; use min_iqa"):
+        CurateConfig(thresholds=lower_better, scoring=ScoringSettings(iqa_metric="qalign")).validate()
+    checks = dataclasses.replace(tiers.TierChecks(**{name: None for name in tiers.CHECK_COLUMNS}), max_iqa=40.0)
+    assert tiers.first_failure({"iqa": 55.0}, checks) == "iqa 55 > 40"
+    assert tiers.first_failure({"iqa": 12.0}, checks) is None
+    assert tiers.first_failure({"iqa": math.nan}, checks) is None  # no IQA: skipped
 
 
 def test_background_instability_higher_with_flicker_and_noise_separated():
