@@ -51,8 +51,12 @@ def command(
         typer.Option("--ray-address", help="Ray cluster to join (e.g. `auto`, `ray://head:10001`); none: a local Ray."),
     ] = None,
     connect_timeout: Annotated[
-        float, typer.Option("--connect-timeout", help="Seconds to wait for --ray-address to answer before failing.")
-    ] = 30.0,
+        float,
+        typer.Option(
+            "--connect-timeout",
+            help="Seconds to wait for --ray-address to answer before failing (a refused connection fails at once).",
+        ),
+    ] = 15.0,
     thresholds: Annotated[
         Path | None, typer.Option("--thresholds", help="YAML/TOML file with `strict` (A) and `lenient` (B) checks.")
     ] = None,

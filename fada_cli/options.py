@@ -96,7 +96,7 @@ ConnectTimeoutOption = Annotated[
     typer.Option(
         "--connect-timeout",
         help="Multi-process runs: seconds to reach the launcher's rendezvous (MASTER_ADDR:MASTER_PORT) before "
-        r"failing; may change on --resume \[30].",
+        r"failing; may change on --resume \[20].",
     ),
 ]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint in --out.")]

@@ -75,7 +75,7 @@ class CurateConfig:
     workers: int = 1  # worker processes (1 = in this process); with a local Ray, its CPUs
     engine: str = "local"  # "local" (process pool) or "ray" (a Ray task per source)
     ray_address: str | None = None  # Ray cluster to connect to; None starts a local Ray (engine "ray")
-    connect_timeout: float = 30.0  # seconds to wait for `ray_address` to answer before failing
+    connect_timeout: float = 15.0  # seconds to wait for `ray_address` to answer (refused: fails at once)
     crop_scale: float = 1.6  # crop side = face box side × this
     smooth_seconds: float = 0.5  # Gaussian sigma of the crop-centre smoothing (s)
     passthrough_fill: float = 0.6  # a near-square frame whose face crop would need ≥ this of its side is kept whole

@@ -11,8 +11,8 @@ becomes a rejected row with the error as the reason; the run goes on.
 
 Without ``ray_address`` a local Ray is started with ``workers`` CPUs and shut down at the end;
 with one, the driver connects to that cluster and leaves it running. An address where nothing
-answers fails within ``connect_timeout`` seconds (`check_ray_address`, before anything is written):
-Ray itself retries for minutes.
+listens fails at once, and one that does not answer within ``connect_timeout`` seconds then
+(`check_ray_address`, before anything is written): Ray itself retries for minutes.
 """
 
 from __future__ import annotations
@@ -55,18 +55,19 @@ def ray_host_port(address: str) -> tuple[str, int] | None:
 
 
 def check_ray_address(config: CurateConfig) -> None:
-    """Fail within ``config.connect_timeout`` seconds, with one line, when ``config.ray_address`` answers nothing."""
+    """Fail with one line when ``config.ray_address`` answers nothing: at once where the connection is refused (a
+    running Ray head listens), after ``config.connect_timeout`` seconds where nothing answers at all."""
     if config.engine != "ray" or config.ray_address is None:
         return
     _ray()  # the missing extra is the first thing to say
     target = ray_host_port(config.ray_address)
     if target is None:
         return
-    if (reason := unreachable(*target, config.connect_timeout)) is not None:
+    if (reason := unreachable(*target, config.connect_timeout, retry_refused=False)) is not None:
         raise UsageError(
-            f"nothing answers at `ray_address` {config.ray_address} ({reason}, {config.connect_timeout:g} s); check "
-            "that the Ray head runs there (`ray start --head` prints its address), that the port is open from "
-            "this machine, or omit `ray_address` for a local Ray."
+            f"nothing answers at `ray_address` {config.ray_address} ({reason}; `connect_timeout` "
+            f"{config.connect_timeout:g} s); check that the Ray head runs there (`ray start --head` prints its "
+            "address) and that the port is open from this machine, or omit `ray_address` for a local Ray."
         )
 
 

@@ -102,11 +102,12 @@ def enable_tf32(device: torch.device) -> bool:
     return True
 
 
-def unreachable(host: str, port: int, timeout_s: float) -> str | None:
+def unreachable(host: str, port: int, timeout_s: float, retry_refused: bool = True) -> str | None:
     """Try to open a TCP connection to ``host:port`` until one succeeds or ``timeout_s`` seconds pass.
 
     Returns None once something answers, else why nothing did (connection refused, no route, timed
-    out). Refused connections are retried every 0.5 s: the other side may still be starting.
+    out). ``retry_refused``: a refused connection is tried again every 0.5 s (the other side may still
+    be starting); otherwise it is the answer at once — nothing listens there.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -114,7 +115,8 @@ def unreachable(host: str, port: int, timeout_s: float) -> str | None:
             with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
                 return None
         except OSError as exc:  # refused, unreachable, unknown host, or no answer in time
-            if time.monotonic() + 0.5 >= deadline:
+            refused = isinstance(exc, ConnectionRefusedError)
+            if (refused and not retry_refused) or time.monotonic() + 0.5 >= deadline:
                 return exc.strerror or str(exc) or type(exc).__name__
             time.sleep(0.5)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import socket
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from fada_cli.main import app
 from pipelines import checkpoint as ckpt
-from pipelines import devices
+from pipelines import devices, training
 from pipelines.data import WindowDataset
 from pipelines.distill import DistillConfig, DistillStage
 from pipelines.latent_cache import LatentCache
@@ -29,6 +30,7 @@ from pipelines.training import (
     Run,
     TrainConfig,
     attach_latent_cache,
+    check_rendezvous,
     make_accelerator,
     prepare_out,
     update_ema,
@@ -89,6 +91,28 @@ def test_overwrite_is_cleared_by_the_main_process_alone(tmp_path):
     fresh = Barriers(out, main=True)
     prepare_out(out, resume=False, overwrite=True, accelerator=fresh)
     assert fresh.seen == []  # nothing to clear: no barrier
+
+
+# --- 4: the step's values are read on the host only on --log-every steps ----------------------------------
+
+
+def test_step_means_are_reduced_and_read_only_on_log_steps(manifest, tmp_path, monkeypatch):
+    """The loop reduced every summary value and read it back (a device sync) at every step; now one all-reduce
+    and one copy back, only on the steps it logs (and the last)."""
+    reduced = []
+    original = training.step_means
+
+    def counted(accelerator, records, names):
+        reduced.append(len(records))
+        return original(accelerator, records, names)
+
+    monkeypatch.setattr(training, "step_means", counted)
+    out = tmp_path / "run"
+    args = ["train-teacher", "--manifest", str(manifest), "--out", str(out), *TINY, "--steps", "5", "--log-every", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(reduced) == 3  # steps 2, 4 and the last, 5
+    assert [int(row["step"]) for row in log_rows(out)] == [2, 4, 5]
 
 
 # --- 5: scale details --------------------------------------------------------------------------------
@@ -228,6 +252,41 @@ def test_a_rendezvous_that_answers_nothing_fails_in_seconds(manifest, tmp_path, 
     assert results[0].exit_code == 1 and len(lines) == 1, results[0].output
     assert "127.0.0.1:1" in lines[0] and "--main_process_ip" in lines[0] and "--connect-timeout" in lines[0]
     assert not out.exists()
+
+
+class Attempts:
+    """`socket.create_connection` refused, counting the attempts."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, address, timeout=None):
+        self.count += 1
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_a_refused_address_is_retried_only_where_the_other_side_may_still_be_starting(monkeypatch):
+    attempts = Attempts()
+    monkeypatch.setattr(socket, "create_connection", attempts)
+    assert devices.unreachable("127.0.0.1", 1, 30.0, retry_refused=False) == "Connection refused"
+    assert attempts.count == 1  # a Ray head, or torchrun's agent store, is already up: a refusal is the answer
+    attempts.count = 0
+    assert devices.unreachable("127.0.0.1", 1, 1.2) == "Connection refused"
+    assert attempts.count >= 2  # rank 0 may still be starting its store: tried again until the timeout
+    # under torchrun's agent (accelerate launch) the store is up before the processes start: even rank 0 probes it,
+    # and the first refusal fails the run
+    launcher = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
+                "TORCHELASTIC_USE_AGENT_STORE": "True"}  # fmt: skip
+    for name, value in launcher.items():
+        monkeypatch.setenv(name, value)
+    attempts.count = 0
+    with pytest.raises(devices.DeviceError, match="127.0.0.1:1"):
+        check_rendezvous(30.0)
+    assert attempts.count == 1
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")
+    attempts.count = 0
+    check_rendezvous(30.0)  # rank 0 hosts the store itself: nothing to reach
+    assert attempts.count == 0
 
 
 def test_a_ray_address_that_answers_nothing_fails_in_seconds(manifest, tmp_path):
