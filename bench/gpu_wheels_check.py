@@ -20,7 +20,8 @@ holds (`IMAGE`, its package list as read on 2026-11-17). This script plays that 
    and pip installs exactly those files for CPython 3.12 with no index (``--dry-run``), as gpu_check.sh
    does there.
 
-Results go to stdout and ``/tmp/fada-wheelcheck/result.json``.
+Results go to stdout, ``/tmp/fada-wheelcheck/result.json`` and ``bench/results/gpu_wheels_check.json`` (with the
+date it ran; bench/results/scale_fixes.md quotes it).
 
     python bench/gpu_wheels_check.py            # after bash bench/gpu_wheels.sh; exit 1 on a failure
 """
@@ -33,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +165,8 @@ def main() -> None:
         "not_cp312": wrong, "cp312_install_dry_run": "ok" if cp312.returncode == 0 else cp312.stderr.strip()[-300:],
     }  # fmt: skip
     (WORK / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    dated = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} | result
+    (ROOT / "bench" / "results" / "gpu_wheels_check.json").write_text(json.dumps(dated, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     if bad or stray or missing or wrong or cp312.returncode or len(rows) < 7:
         sys.exit(1)
