@@ -289,6 +289,20 @@ def test_a_refused_address_is_retried_only_where_the_other_side_may_still_be_sta
     assert attempts.count == 0
 
 
+def test_an_address_that_stays_silent_is_tried_until_the_connect_timeout(monkeypatch):
+    """No refusal, no answer (a firewall that drops packets): each attempt waits at most what is left of the
+    timeout, and the reason is that it timed out."""
+    waits = []
+
+    def silent(address, timeout=None):
+        waits.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    assert devices.unreachable("192.0.2.1", 6379, 1.2, retry_refused=False) == "timed out"
+    assert waits and all(0.1 <= wait <= 1.2 for wait in waits)
+
+
 def test_a_ray_address_that_answers_nothing_fails_in_seconds(manifest, tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "curated"
