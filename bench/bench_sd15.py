@@ -32,10 +32,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
+if TYPE_CHECKING:
+    from pipelines.model_config import ModelConfig
 
 # runwayml/stable-diffusion-v1-5, unet/config.json and vae/config.json (diffusers layout), the values
 # that set the architecture; the rest are diffusers' defaults.
@@ -162,14 +165,16 @@ def model_bytes(model) -> dict[str, float]:
 
 
 def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "cpu", steps: int = 1,
-                      preset: str = "sd15") -> dict:  # fmt: skip
+                      preset: str | ModelConfig = "sd15") -> dict:  # fmt: skip
     """One teacher (``kind`` 'teacher') or distillation ('distill') training step at batch 1.
 
     ``sd``: the SD1.5 folder to start from (None: fresh random weights, `FadaModel.from_config`).
-    ``steps`` > 1: the first step warms up (allocations, kernels) and the rest are timed.
+    ``steps`` > 1: the first step warms up (allocations, kernels) and the rest are timed (every step's
+    seconds are in ``step_times_s``). ``preset``: a preset's name or a `ModelConfig`.
     """
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from pipelines.distill import TEACHER_DTYPES, DistillConfig, build_student_from_teacher, distill_loss
     from pipelines.model import FadaModel
@@ -182,11 +187,12 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
     cuda = device.type == "cuda"
     base = rss_gb()
     began = time.perf_counter()
-    config = get_preset(preset)
+    config = get_preset(preset) if isinstance(preset, str) else preset
     common = {"batch_size": 1, "mixed_precision": options["precision"], "gradient_checkpointing": options["ckpt"],
               "optimizer": options.get("optimizer", "adamw")}  # fmt: skip
     torch.manual_seed(0)
-    model = FadaModel.from_config(config) if sd is None else FadaModel.from_pretrained_sd(config, sd)
+    with torch.device(device):  # random weights drawn on the GPU itself: seconds, not a minute of CPU init
+        model = FadaModel.from_config(config) if sd is None else FadaModel.from_pretrained_sd(config, sd)
     model.to(device)
     if kind == "teacher":
         train_config = TeacherTrainConfig(stage=options["stage"], loss_weighting="v", **common)
@@ -196,7 +202,8 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
     else:
         solver_steps = options.get("solver_steps", DISTILL_SOLVER_STEPS)
         train_config = DistillConfig(mode=options["mode"], solver_steps=solver_steps, windows=4, **common)
-        trained = build_student_from_teacher(model, train_config.cfg_conditioning, config.cfg_tokens)
+        with torch.device(device):  # the student drawn where it trains, then the teacher's weights copied in
+            trained = build_student_from_teacher(model, train_config.cfg_conditioning, config.cfg_tokens)
         model.eval().requires_grad_(False)
         if options["precision"] != "no":  # as `distill` holds its frozen teacher
             model.to(dtype=TEACHER_DTYPES[options["precision"]])
@@ -205,8 +212,9 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
     if options["ckpt"]:
         trained.enable_gradient_checkpointing()
     optimizer, lr_scheduler = make_optimizer(params, train_config)
+    AcceleratorState._reset_state()  # a case after another in the same process (bench/gpu_check.py) starts afresh
     accelerator = Accelerator(cpu=not cuda, mixed_precision=train_config.mixed_precision)
-    trained, optimizer, lr_scheduler = accelerator.prepare(trained, optimizer, lr_scheduler)
+    trained, optimizer = accelerator.prepare(trained, optimizer)  # the LR schedule stays outside, as in `fit`
     state = TrainingState(params, optimizer, lr_scheduler, None, None)
     alphas_cumprod = sd15_alphas_cumprod(torch.float32).to(device)
     batch = {k: v.to(device) for k, v in synthetic_batch(config, frames).items()}
@@ -236,7 +244,8 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
         "loss": float(loss.detach()), "frames": frames, "load_s": loaded_s, "rss_base_gb": base,
         "rss_loaded_gb": loaded_gb,
         "forward_s": sum(t[0] for t in timed) / len(timed), "step_s": sum(t[1] for t in timed) / len(timed),
-        "timed_steps": len(timed), **model_bytes(accelerator.unwrap_model(trained)),
+        "timed_steps": len(timed), "step_times_s": [t[1] for t in timings],
+        **model_bytes(accelerator.unwrap_model(trained)),
     }  # fmt: skip
     if cuda:
         row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
@@ -244,7 +253,8 @@ def run_training_case(kind: str, options: dict, sd: Path | None, device: str = "
     return row
 
 
-def save_checkpoints(sd: Path | None, work: Path, preset: str = "sd15", dtype: str = "fp32") -> dict[str, Path]:
+def save_checkpoints(sd: Path | None, work: Path, preset: str = "sd15", dtype: str = "fp32",
+                     device: str = "cpu") -> dict[str, Path]:  # fmt: skip
     """Teacher, fast and balanced student checkpoints of the random-weight model (written once).
 
     ``sd``: the SD1.5 folder the teacher starts from (None: fresh random weights); ``dtype``: the
@@ -254,7 +264,8 @@ def save_checkpoints(sd: Path | None, work: Path, preset: str = "sd15", dtype: s
 
     from pipelines.checkpoint import save_checkpoint
     from pipelines.devices import DTYPES
-    from pipelines.model import FadaModel, build_student_from_teacher
+    from pipelines.distill import build_student_from_teacher
+    from pipelines.model import FadaModel
     from pipelines.model_config import get_preset
 
     paths = {mode: work / f"ckpt-{mode}" for mode in ("teacher", "fast", "balanced")}
@@ -262,14 +273,16 @@ def save_checkpoints(sd: Path | None, work: Path, preset: str = "sd15", dtype: s
         return paths
     torch.manual_seed(0)
     config = get_preset(preset)
-    teacher = FadaModel.from_config(config) if sd is None else FadaModel.from_pretrained_sd(config, sd)
+    with torch.device(device):  # drawn where it will run (a GPU: seconds), saved from there
+        teacher = FadaModel.from_config(config) if sd is None else FadaModel.from_pretrained_sd(config, sd)
     teacher.to(dtype=DTYPES[dtype])
     history = [{"stage": "image", "steps": 0}, {"stage": "video", "steps": 0}]
     config = {"model": teacher.config.to_dict(), "stages": history}
     save_checkpoint(paths["teacher"], stage="teacher", mode="teacher", config=config,
                     components=teacher.components(), step=0)  # fmt: skip
     for mode, conditioning in (("fast", "tokens"), ("balanced", "none")):
-        student = build_student_from_teacher(teacher, conditioning, teacher.config.cfg_tokens)
+        with torch.device(device):
+            student = build_student_from_teacher(teacher, conditioning, teacher.config.cfg_tokens)
         config = {"model": student.config.to_dict(), "train": {"windows": 4, "mode": mode}}
         save_checkpoint(paths[mode], stage="student", mode=mode, config=config, components=student.components(), step=0)
         del student

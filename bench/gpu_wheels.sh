@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Download, on this (networked) machine, the wheels that bench/gpu_check.sh needs and the GPU
-# machine's image lacks (it has torch, accelerate, transformers, huggingface-hub, pandas, pyarrow,
-# rich, typer, safetensors, scipy, opencv; not diffusers, PyAV or soundfile). CPython 3.12, x86-64.
-# They land in .whl/ (git-ignored; ~43 MB), which the device tool carries: carry [".whl"].
+# Download, on this (networked) machine, the wheels bench/gpu_check.sh needs on the GPU machine, which
+# has no internet: bench/gpu_requirements.txt (what gpu_check imports that the machine's image lacks,
+# with their runtime dependencies, at the lock's versions), for CPython 3.12 on x86-64 manylinux. They
+# land in .whl/ (git-ignored; ~45 MB), which the device tool carries: carry [".whl"].
+#   bash bench/gpu_wheels.sh && python bench/gpu_wheels_check.py   # the second: an empty-venv install check
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+rm -rf .whl && mkdir -p .whl
+"${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl "$(grep -i '^diffusers==' constraints.txt)" "$(grep -i '^av==' constraints.txt)" \
-  "$(grep -i '^soundfile==' constraints.txt)"
-ls -la .whl
+  -d .whl -r bench/gpu_requirements.txt
+ls -la .whl && du -sh .whl

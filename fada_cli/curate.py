@@ -50,6 +50,13 @@ def command(
         str | None,
         typer.Option("--ray-address", help="Ray cluster to join (e.g. `auto`, `ray://head:10001`); none: a local Ray."),
     ] = None,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            "--connect-timeout",
+            help="Seconds to wait for --ray-address to answer before failing (a refused connection fails at once).",
+        ),
+    ] = 15.0,
     thresholds: Annotated[
         Path | None, typer.Option("--thresholds", help="YAML/TOML file with `strict` (A) and `lenient` (B) checks.")
     ] = None,
@@ -92,6 +99,7 @@ def command(
         workers=workers,
         engine=engine,
         ray_address=ray_address,
+        connect_timeout=connect_timeout,
         thresholds=load_thresholds(thresholds),
         scoring=ScoringSettings(
             syncnet_weights=syncnet_weights, iqa_metric=None if iqa_metric.lower() == "none" else iqa_metric

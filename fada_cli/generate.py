@@ -35,7 +35,7 @@ def command(
     ] = None,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
-    dtype: DtypeOption = "fp32",
+    dtype: DtypeOption = "auto",
     frames_per_clip: Annotated[
         int | None,
         typer.Option("--frames-per-clip", help="Frames per generated clip.", show_default="from checkpoint"),

@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps. No silent fallback.")]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16 (fp16 needs a GPU).")]
+DtypeOption = Annotated[
+    str, typer.Option("--dtype", help="auto (bf16 on a GPU that runs it, else fp32), fp32, bf16 or fp16 (GPU only).")
+]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs on stderr.")]
@@ -73,6 +75,36 @@ CacheLatentsOption = Annotated[
         "features, encoded once on the first run that needs them and read window by window after; shared by "
         "train-teacher and distill on the same manifest. A cache built for another manifest or model is "
         "refused. May change on --resume \\[off: decode clips while training].",
+    ),
+]
+LatentPrecisionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--latent-precision",
+        help="Precision of the VAE latents trained on, cached (--cache-latents) or encoded alike: bf16 (half the "
+        r"cache) or fp32 \[bf16].",
+    ),
+]
+LogEveryOption = Annotated[
+    int | None,
+    typer.Option(
+        "--log-every", help=r"Write a train_log.csv row (and read the loss back from the GPU) every N steps \[1]."
+    ),
+]
+CollectiveTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--collective-timeout",
+        help="Multi-process runs: minutes a process waits at a collective (NCCL/gloo) — the latent-cache fill and a "
+        r"large checkpoint save run before barriers — before the run fails; may change on --resume \[60].",
+    ),
+]
+ConnectTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--connect-timeout",
+        help="Multi-process runs: seconds to reach the launcher's rendezvous (MASTER_ADDR:MASTER_PORT) before "
+        r"failing; may change on --resume \[20].",
     ),
 ]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint in --out.")]
@@ -158,7 +190,9 @@ FLAGS = {
     "warmup_steps": "--warmup-steps", "ema": "--ema", "checkpoint_every": "--checkpoint-every", "tiers": "--tier",
     "seed": "--seed", "mixed_precision": "--mixed-precision", "lr_schedule": "--lr-schedule",
     "gradient_checkpointing": "--gradient-checkpointing", "optimizer": "--optimizer", "num_workers": "--num-workers",
-    "latent_cache": "--cache-latents", "loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma",
+    "latent_cache": "--cache-latents", "latent_precision": "--latent-precision", "log_every": "--log-every",
+    "collective_timeout": "--collective-timeout", "connect_timeout": "--connect-timeout",
+    "loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma",
     "motion_loss_weight": "--motion-loss-weight", "identity_augment": "--identity-augment",
     "stage": "--stage", "video_trainable": "--video-trainable", "mode": "--mode", "windows": "--windows",
     "solver_steps": "--solver-steps", "gt_weight": "--gt-weight", "cfg_conditioning": "--cfg-conditioning",

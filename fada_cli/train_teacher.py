@@ -12,11 +12,15 @@ from fada_cli.options import (
     BatchSizeOption,
     CacheLatentsOption,
     CheckpointEveryOption,
+    CollectiveTimeoutOption,
+    ConnectTimeoutOption,
     DeviceOption,
     EmaOption,
     GradAccumOption,
     GradientCheckpointingOption,
     JsonOption,
+    LatentPrecisionOption,
+    LogEveryOption,
     LrScheduleOption,
     MotionLossWeightOption,
     NumWorkersOption,
@@ -102,6 +106,10 @@ def command(
     optimizer: OptimizerOption = None,
     num_workers: NumWorkersOption = None,
     cache_latents: CacheLatentsOption = None,
+    latent_precision: LatentPrecisionOption = None,
+    log_every: LogEveryOption = None,
+    collective_timeout: CollectiveTimeoutOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
     audio_encoder: Annotated[
         str | None, Opt("--audio-encoder", help="'mel' or the path of a local wav2vec2 folder \\[mel].")
     ] = None,
@@ -150,7 +158,9 @@ def command(
                       motion_loss_weight=motion_loss_weight, identity_augment=identity_augment,
                       stage=stage, video_trainable=video_trainable, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
                       gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, num_workers=num_workers,
-                      latent_cache=cache_latents, mixed_precision=dtype)  # fmt: skip
+                      latent_cache=cache_latents, latent_precision=latent_precision, log_every=log_every,
+                      collective_timeout=collective_timeout, connect_timeout=connect_timeout,
+                      mixed_precision=dtype)  # fmt: skip
     model_overrides = given(frames_per_clip=frames, **audio_encoder_fields(audio_encoder))
     result = fit(TeacherStage(pretrained_sd), manifest, out, preset=preset, overrides=overrides,
                  model_overrides=model_overrides, resume=resume, init_from=init_from, overwrite=overwrite,

@@ -381,23 +381,30 @@ def _key(key: object) -> object:
 
 
 def rng_state() -> dict:
-    """The RNG states of python `random`, numpy, torch CPU and (if present) every CUDA device."""
+    """The RNG states of python `random`, numpy, torch CPU and (if CUDA is in use) this process's GPU.
+
+    Only the current GPU's: training draws nothing from the CUDA generators (its draws come from
+    CPU generators seeded per step and process), and reading every visible GPU's state would start a
+    CUDA context on each of them from every process.
+    """
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [torch.cuda.get_rng_state()]
     return state
 
 
 def set_rng_state(state: Mapping) -> None:
-    """Restore what `rng_state` returned (after `unpack_state`)."""
+    """Restore what `rng_state` returned (after `unpack_state`), whatever the number of GPUs now visible.
+
+    The CUDA state goes to the current GPU: the one saved, or — from a checkpoint that saved one per
+    visible GPU — the current GPU's entry when there is one.
+    """
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        if len(state["cuda"]) != torch.cuda.device_count():
-            raise CheckpointError(
-                f"the checkpoint saved RNG state for {len(state['cuda'])} CUDA device(s) but "
-                f"{torch.cuda.device_count()} are visible; resume with the same devices."
-            )
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda") or []
+    if saved and torch.cuda.is_available():
+        index = 0 if len(saved) == 1 else torch.cuda.current_device()
+        if index < len(saved):
+            torch.cuda.set_rng_state(saved[index])

@@ -75,6 +75,7 @@ class CurateConfig:
     workers: int = 1  # worker processes (1 = in this process); with a local Ray, its CPUs
     engine: str = "local"  # "local" (process pool) or "ray" (a Ray task per source)
     ray_address: str | None = None  # Ray cluster to connect to; None starts a local Ray (engine "ray")
+    connect_timeout: float = 15.0  # seconds to wait for `ray_address` to answer (refused: fails at once)
     crop_scale: float = 1.6  # crop side = face box side × this
     smooth_seconds: float = 0.5  # Gaussian sigma of the crop-centre smoothing (s)
     passthrough_fill: float = 0.6  # a near-square frame whose face crop would need ≥ this of its side is kept whole
@@ -101,6 +102,7 @@ class CurateConfig:
                 self.ray_address is None or self.engine == "ray",
                 f"`ray_address` {self.ray_address} needs `engine` ray",
             ),
+            (self.connect_timeout > 0, f"`connect_timeout` must be > 0 seconds, got {self.connect_timeout}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -552,11 +554,12 @@ def summarise(df: pd.DataFrame, manifest: Path, new_rows: list[dict], skipped: i
 def run_curate(inputs: list[Path], out_dir: Path, config: CurateConfig, resume: bool = False,
                quiet: bool = False) -> CurateSummary:  # fmt: skip
     """Curate every input video into ``out_dir`` (clips/, manifest.parquet, thresholds.yaml)."""
-    # 1. check inputs and the output folder
+    # 1. check inputs, the cluster address and the output folder (nothing is written before)
     config.validate()
     sources = collect_inputs(inputs)
     if not sources:
         raise UsageError(f"no videos found in {[str(i) for i in inputs]}; expected {sorted(VIDEO_SUFFIXES)} files.")
+    curate_ray.check_ray_address(config)
     manifest_path, parts_folder = out_dir / MANIFEST_NAME, out_dir / PARTS_FOLDER
     if manifest_path.exists() and not resume:
         raise UsageError(f"{manifest_path} already exists; pass `resume` to continue it or choose another `out`.")

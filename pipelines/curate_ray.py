@@ -10,7 +10,9 @@ task whose worker dies (out of memory, a crash in a decoder) is retried once, th
 becomes a rejected row with the error as the reason; the run goes on.
 
 Without ``ray_address`` a local Ray is started with ``workers`` CPUs and shut down at the end;
-with one, the driver connects to that cluster and leaves it running.
+with one, the driver connects to that cluster and leaves it running. An address where nothing
+listens fails at once, and one that does not answer within ``connect_timeout`` seconds then
+(`check_ray_address`, before anything is written): Ray itself retries for minutes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.devices import unreachable
 from pipelines.errors import UsageError
 from pipelines.extras import require
 
@@ -33,6 +36,39 @@ WAIT_BATCH = 64  # finished tasks collected per ray.wait (which returns after at
 
 def _ray():
     return require("ray", "`engine` ray")
+
+
+def ray_host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address — ``host:port``, ``ray://host:port`` or ``auto`` (the cluster Ray finds
+    on this machine) — or None when there is nothing to probe (no cluster found, a format Ray reads itself)."""
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address(address)
+        except Exception:  # noqa: BLE001 - Ray's own lookup; if it fails, ray.init reports it
+            return None
+        if address is None:
+            return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
+def check_ray_address(config: CurateConfig) -> None:
+    """Fail with one line when ``config.ray_address`` answers nothing: at once where the connection is refused (a
+    running Ray head listens), after ``config.connect_timeout`` seconds where nothing answers at all."""
+    if config.engine != "ray" or config.ray_address is None:
+        return
+    _ray()  # the missing extra is the first thing to say
+    target = ray_host_port(config.ray_address)
+    if target is None:
+        return
+    if (reason := unreachable(*target, config.connect_timeout, retry_refused=False)) is not None:
+        raise UsageError(
+            f"nothing answers at `ray_address` {config.ray_address} ({reason}; `connect_timeout` "
+            f"{config.connect_timeout:g} s); check that the Ray head runs there (`ray start --head` prints its "
+            "address) and that the port is open from this machine, or omit `ray_address` for a local Ray."
+        )
 
 
 def start_ray(config: CurateConfig) -> bool:

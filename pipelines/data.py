@@ -217,19 +217,23 @@ def window_features(features, start: int, f: int, window: int) -> torch.Tensor:
     return part[torch.from_numpy(index - low)]  # (F, W, D)
 
 
-def batch_latents(encode_images, batch: dict, motion: bool = True):
+def batch_latents(encode_images, batch: dict, motion: bool = True, dtype: torch.dtype | None = None):
     """The batch's latents ``(z0 (B, F, C, h, w), reference_latent (B, C, h, w), motion_latents (B, M, C, h, w))``:
     read from the latent cache when the batch holds them, else encoded with ``encode_images`` (no gradient).
 
-    ``motion=False`` skips the motion frames (None), as the image stage does.
+    ``motion=False`` skips the motion frames (None), as the image stage does. ``dtype``: the precision the
+    latents are rounded to whether cached or encoded (`TrainConfig.latent_precision`; None keeps them).
     """
     if "latents" in batch:
-        return batch["latents"], batch["reference_latent"], batch["motion_latents"] if motion else None
-    with torch.no_grad():
-        z0 = encode_images(batch["frames"])
-        reference_latent = encode_images(batch["reference"])
-        motion_latents = encode_images(batch["motion"]) if motion else None
-    return z0, reference_latent, motion_latents
+        latents = batch["latents"], batch["reference_latent"], batch["motion_latents"] if motion else None
+    else:
+        with torch.no_grad():
+            z0 = encode_images(batch["frames"])
+            reference_latent = encode_images(batch["reference"])
+            latents = z0, reference_latent, encode_images(batch["motion"]) if motion else None
+    if dtype is None:
+        return latents
+    return tuple(None if x is None else x.to(dtype) for x in latents)
 
 
 def select_tiers(manifest: Path, tiers: Sequence[str]):
@@ -310,13 +314,15 @@ class WindowSampler:
 
     Position p of the stream lies in epoch p // n, which visits every clip once in an order
     shuffled by (seed, epoch); its sample seed derives from (seed, p). The whole state is
-    ``position``, saved in checkpoints.
+    ``position``, saved in checkpoints. The epoch's order is drawn once and kept (n int64s, 8 MB
+    at a million clips), so a key costs O(1) — not a permutation of every clip per key.
     """
 
     def __init__(self, n_clips: int, seed: int, position: int = 0):
         self.n_clips = n_clips
         self.seed = seed
         self.position = position
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation of the clips)
 
     def take(self, count: int) -> list[tuple[int, int]]:
         """The next ``count`` keys of the stream."""
@@ -324,11 +330,20 @@ class WindowSampler:
         self.position += count
         return keys
 
+    def advance(self, count: int) -> None:
+        """Move past the next ``count`` keys without drawing them (the training loop's saved position)."""
+        self.position += count
+
     def key(self, position: int) -> tuple[int, int]:
         epoch, offset = divmod(position, self.n_clips)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_clips)
         sample_seed = int(np.random.SeedSequence([self.seed, position]).generate_state(1)[0])
-        return int(order[offset]), sample_seed
+        return int(self.epoch_order(epoch)[offset]), sample_seed
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The clip order of ``epoch``: a permutation drawn from (seed, epoch), kept until another epoch is wanted."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_clips))
+        return self._order[1]
 
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position, "seed": self.seed, "n_clips": self.n_clips}
@@ -339,7 +354,7 @@ class WindowSampler:
                 f"the checkpoint was trained on {state['n_clips']} clips but the manifest now selects "
                 f"{self.n_clips}; resume with the same manifest and tiers, or start a new `out`."
             )
-        self.seed, self.position = state["seed"], state["position"]
+        self.seed, self.position, self._order = state["seed"], state["position"], None
 
 
 # --- loading in DataLoader workers -------------------------------------------------------------------

@@ -1,9 +1,15 @@
-"""Device and dtype selection: `--device auto|cpu|cuda[:N]|mps`, `--dtype fp32|bf16|fp16`.
+"""Device and dtype selection: `--device auto|cpu|cuda[:N]|mps`, `--dtype auto|fp32|bf16|fp16`; and
+`unreachable`, the check that another machine a run joins (a launcher's rendezvous, a Ray cluster)
+answers at all, so a wrong address fails in seconds rather than after a library's own long wait.
 
 No silent fallback: asking for a device that is not there is an error (DESIGN §1).
 """
 
 from __future__ import annotations
+
+import os
+import socket
+import time
 
 import torch
 
@@ -13,12 +19,22 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_ALIASES = {"no": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # accelerate's names
 
 
+def launcher_local_rank() -> int | None:
+    """This process's rank on its machine under a multi-process launcher (``LOCAL_RANK``), else None."""
+    rank = os.environ.get("LOCAL_RANK")
+    return int(rank) if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """Turn a `--device` value into a `torch.device`, checking that it exists."""
+    """Turn a `--device` value into a `torch.device`, checking that it exists.
+
+    ``cuda`` (and ``auto`` on a CUDA machine) is the process's own GPU under a launcher (``LOCAL_RANK``;
+    GPU 0 when the launcher shows each process one GPU), else GPU 0.
+    """
     name = name.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return resolve_device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -33,13 +49,21 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise DeviceError(
                 f"`device` {name} was asked for but CUDA is not available here; use `device` cpu or auto."
             )
-        index = 0 if name == "cuda" else _parse_index(name)
+        index = _local_gpu() if name == "cuda" else _parse_index(name)
         if index >= torch.cuda.device_count():
             raise DeviceError(
                 f"`device` {name}: only {torch.cuda.device_count()} CUDA device(s) here; pick an index below that."
             )
         return torch.device("cuda", index)
     raise DeviceError(f"unknown `device` {name!r}; use auto, cpu, cuda, cuda:N or mps.")
+
+
+def _local_gpu() -> int:
+    """The GPU of this process: its local rank under a launcher (or 0 when it sees one GPU only), else 0."""
+    local_rank = launcher_local_rank()
+    if local_rank is None or torch.cuda.device_count() == 1:
+        return 0
+    return local_rank
 
 
 def _parse_index(name: str) -> int:
@@ -50,11 +74,14 @@ def _parse_index(name: str) -> int:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Turn a `--dtype` value into a `torch.dtype` usable on `device`."""
+    """Turn a `--dtype` value into a `torch.dtype` usable on `device`; ``auto`` is bf16 on a GPU that runs it,
+    else fp32."""
     key = name.strip().lower()
+    if key == "auto":
+        return torch.bfloat16 if device.type == "cuda" and bf16_supported(device) else torch.float32
     key = DTYPE_ALIASES.get(key, key)
     if key not in DTYPES:
-        raise DeviceError(f"unknown `dtype` {name!r}; use one of {', '.join(DTYPES)}.")
+        raise DeviceError(f"unknown `dtype` {name!r}; use auto or one of {', '.join(DTYPES)}.")
     dtype = DTYPES[key]
     if device.type == "cpu" and dtype == torch.float16:
         raise DeviceError("`dtype` fp16 is not supported on CPU; use fp32 or bf16.")
@@ -73,6 +100,25 @@ def enable_tf32(device: torch.device) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return True
+
+
+def unreachable(host: str, port: int, timeout_s: float, retry_refused: bool = True) -> str | None:
+    """Try to open a TCP connection to ``host:port`` until one succeeds or ``timeout_s`` seconds pass.
+
+    Returns None once something answers, else why nothing did (connection refused, no route, timed
+    out). ``retry_refused``: a refused connection is tried again every 0.5 s (the other side may still
+    be starting); otherwise it is the answer at once — nothing listens there.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return None
+        except OSError as exc:  # refused, unreachable, unknown host, or no answer in time
+            refused = isinstance(exc, ConnectionRefusedError)
+            if (refused and not retry_refused) or time.monotonic() + 0.5 >= deadline:
+                return exc.strerror or str(exc) or type(exc).__name__
+            time.sleep(0.5)
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -50,6 +50,7 @@ from pipelines.training import (
     Stage,
     TrainConfig,
     TrainLogs,
+    latent_dtype,
     motion_weights,
     sample_condition_dropout,
 )
@@ -169,6 +170,9 @@ class DistillStage(Stage):
         torch.manual_seed(run.config.seed)
         return build_student_from_teacher(self.teacher, run.config.cfg_conditioning, run.model_config.cfg_tokens)
 
+    def may_skip_parameters(self, config: DistillConfig) -> bool:
+        return config.mode == "balanced" and super().may_skip_parameters(config)  # fast mode drops nothing
+
     def encoder(self, model) -> FadaModel:
         return self.teacher  # the teacher's VAE: the latents the teacher trained on
 
@@ -227,7 +231,8 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
     unwrapped = getattr(student, "module", student)
     K, fast = config.windows, config.mode == "fast"
     # (B, F, C, h, w), (B, C, h, w), (B, M, C, h, w): from the latent cache, or encoded by the teacher's VAE
-    z0, reference_latent, motion_latents = batch_latents(teacher.encode_images, batch)
+    z0, reference_latent, motion_latents = batch_latents(teacher.encode_images, batch,
+                                                         dtype=latent_dtype(teacher, config))  # fmt: skip
     z0 = z0.float()
     b, device = z0.shape[0], z0.device
 
@@ -236,16 +241,17 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
     eps = torch.randn(z0.shape, generator=generator, dtype=torch.float32)  # (B, F, C, h, w)
     cfg_a = _uniform(config.cfg_audio_range, b, generator)  # (B,)
     cfg_r = _uniform(config.cfg_ref_range, b, generator)  # (B,)
+    # the drop flags stay on the host (B,) bool: the models decide from them without a device sync
     if fast:  # the teacher's guided output already contains the null branches
         drop_audio = drop_reference = torch.zeros(b, dtype=torch.bool)
     else:
         drop_audio, drop_reference = sample_condition_dropout(b, config.p_drop_audio, config.p_drop_both, generator)
     # drawn on the CPU in float64 (the same numbers on every device); on the device in its exact
-    # dtype for time arithmetic: MPS has no float64, and moving a float64 tensor there raises
+    # dtype for time arithmetic: MPS has no float64, and moving a float64 tensor there raises. Copied
+    # without waiting for the device.
     exact = fada_math.exact_dtype(device)
-    t, cfg_a, cfg_r = t.to(device, exact), cfg_a.to(device, exact), cfg_r.to(device, exact)
-    eps = eps.to(device)
-    drop_audio, drop_reference = drop_audio.to(device), drop_reference.to(device)
+    t, cfg_a, cfg_r = (x.to(device, exact, non_blocking=True) for x in (t, cfg_a, cfg_r))
+    eps = eps.to(device, non_blocking=True)
     k = fada_math.window_of(t, K)  # (B,) long
 
     # 2. window start z_s and true end z_e* (same ε) at the boundary noise levels
@@ -256,6 +262,7 @@ def distill_loss(student, teacher: FadaModel, batch: dict, alphas_cumprod, gener
     face = family_inputs(teacher, batch)  # hallo family: the references' face inputs (None for fada's own)
     with torch.no_grad():
         tokens = teacher.audio_tokens(batch["audio_features"])  # (B, F, N, D)
+        # drop_reference is on the host: deciding costs no device sync
         reference = teacher.condition_reference(reference_latent, motion_latents, drop_reference, face)
 
         def teacher_eps(z, index):

@@ -125,11 +125,8 @@ def cfg_token_eps(model: FadaModel, z, timestep: float, audio_tokens, reference,
     A student distilled with ``--cfg-conditioning none`` has no CFG input; the scales are then
     baked into its weights and ignored here. Adds 1 to ``model.nfe_counter``.
     """
-    keep = torch.zeros(1, dtype=torch.bool, device=z.device)
-    scales = None
-    if model.cfg_conditioning is not None:
-        scales = (torch.tensor([config.cfg_audio], device=z.device), torch.tensor([config.cfg_ref], device=z.device))
-    eps = model.denoise(z.to(model.dtype), float(timestep), audio_tokens, reference, keep, keep, scales)
+    scales = None if model.cfg_conditioning is None else (config.cfg_audio, config.cfg_ref)  # filled on the device
+    eps = model.denoise(z.to(model.dtype), float(timestep), audio_tokens, reference, False, False, scales)
     return eps.float()
 
 

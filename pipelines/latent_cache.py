@@ -2,19 +2,22 @@
 
 For every clip of a manifest that a run draws from, one safetensors file holds
 
-- ``latents`` (T, C, h, w) float32: the VAE posterior means × scaling factor of its frames
+- ``latents`` (T, C, h, w) in the run's ``latent_precision`` (bf16 by default, half the disk and
+  the reads of fp32; fp32 on request): the VAE posterior means × scaling factor of its frames
   (`FadaModel.encode_images`) for a ``latent_codec='vae'`` model; or ``frames`` (T, S, S, 3)
   uint8, the frames resized to the sample size, for a pixel-space model;
 - ``audio_features`` (T, D_feat) float32: the per-frame audio features (the dataset windows them).
 
 The folder's ``cache.json`` records the key the latents are valid for: the manifest's hash, the
-sample size and codec, a hash of the VAE's weights (rounded to bf16, so that the fp32 VAE of a
+sample size, codec and latent dtype, a hash of the VAE's weights (rounded to bf16, so that the fp32 VAE of a
 teacher run and the bf16 copy a distillation may hold share one cache) and config, and the audio
 encoder's settings (and a hash of a wav2vec2 folder's files). A run whose key differs is refused with a message that
 names what changed — the folder is never silently rebuilt, since another run may be reading it.
 Clips are added on demand: the teacher (tier A) writes the tier-A clips, distillation (tiers A and
 B) reads those and adds tier B. Each file appears atomically, so an interrupted build resumes.
-In a multi-process run every process encodes its share of the missing clips, on its device.
+In a multi-process run every process encodes its share of the missing clips, on its device: the
+missing clips are listed by every process before any is written (a barrier between), so the shares
+cover them all.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from pipelines.model_config import ModelConfig
 from pipelines.progress import log, make_progress
 
 CACHE_FILE = "cache.json"
-CACHE_VERSION = 1  # bump when the files' layout changes
+CACHE_VERSION = 2  # bump when the files' layout changes (2: latents in the key's latent_dtype, bf16 by default)
 CLIPS_DIR = "clips"
 ENCODE_FRAMES = 16  # frames per VAE encoder call while building
 
@@ -59,6 +62,7 @@ class LatentCache:
         self.folder = Path(folder)
         self.key = key
         self.latent = key["latent_codec"] == "vae"
+        self.latent_dtype = getattr(torch, key.get("latent_dtype") or "float32")  # of the stored latents
 
     def file(self, clip_id: str) -> Path:
         name = hashlib.sha256(clip_id.encode()).hexdigest()[:32]  # any clip_id makes a safe file name
@@ -80,13 +84,15 @@ class LatentCache:
         return [i for i, clip_id in enumerate(clip_ids) if not self.file(str(clip_id)).is_file()]
 
 
-def cache_key(manifest: Path, config: ModelConfig, vae: torch.nn.Module | None) -> dict:
-    """What the cached tensors depend on: manifest, sample size, codec weights, audio encoder."""
+def cache_key(manifest: Path, config: ModelConfig, vae: torch.nn.Module | None,
+              latent_dtype: torch.dtype = torch.bfloat16) -> dict:  # fmt: skip
+    """What the cached tensors depend on: manifest, sample size, codec weights and latent dtype, audio encoder."""
     key = {
         "version": CACHE_VERSION,
         "manifest_hash": manifest_hash(manifest),
         "sample_size": config.sample_size,
         "latent_codec": config.latent_codec,
+        "latent_dtype": str(latent_dtype).removeprefix("torch.") if config.latent_codec == "vae" else None,
         "vae_hash": None,
         "audio_encoder": config.audio_encoder,
         "n_mels": config.n_mels,
@@ -132,6 +138,8 @@ def open_cache(folder: str | Path, key: dict, create: bool) -> LatentCache:
     if saved != key:
         changed = sorted(name for name in set(saved) | set(key) if saved.get(name) != key.get(name))
         what = "the manifest changed" if "manifest_hash" in changed else "the model's codec or audio encoder changed"
+        what = "an older fada wrote it" if "version" in changed else what
+        what = "another `latent_precision`" if changed == ["latent_dtype"] else what
         raise InputFileError(
             f"latent cache {folder} was built for another input ({what}: {', '.join(changed)} differ); "
             "pass a new `latent_cache` folder, or delete this one to rebuild it."
@@ -140,10 +148,14 @@ def open_cache(folder: str | Path, key: dict, create: bool) -> LatentCache:
 
 
 def fill_cache(cache: LatentCache, dataset: WindowDataset, encode_images, device: torch.device,
-               rank: int = 0, world: int = 1, quiet: bool = False) -> int:  # fmt: skip
-    """Encode this process's share (every world-th from ``rank``) of the dataset's clips missing from
-    ``cache``; return how many it wrote. Audio features run on ``device`` too."""
-    todo = cache.missing(dataset.clip_ids)[rank::world]
+               rank: int = 0, world: int = 1, quiet: bool = False, todo: list[int] | None = None) -> int:  # fmt: skip
+    """Encode this process's share of the dataset's clips missing from ``cache``; return how many it wrote.
+    Audio features run on ``device`` too.
+
+    The share is ``todo`` (dataset indices) when given — a multi-process run lists the missing clips on every
+    process before any is written and hands each its slice — else every world-th missing clip from ``rank``.
+    """
+    todo = cache.missing(dataset.clip_ids)[rank::world] if todo is None else todo
     if not todo:
         return 0
     audio_encoder = build_audio_encoder(dataset.config)
@@ -157,7 +169,7 @@ def fill_cache(cache: LatentCache, dataset: WindowDataset, encode_images, device
                 chunks = []
                 for first in range(0, clip.n_frames, ENCODE_FRAMES):
                     images = to_unit_range(clip.frames[first : first + ENCODE_FRAMES]).to(device)  # (n, 3, S, S)
-                    chunks.append(encode_images(images).float().cpu())  # (n, C, h, w)
+                    chunks.append(encode_images(images).to(cache.latent_dtype).cpu())  # (n, C, h, w)
                 tensors = {"latents": torch.cat(chunks).contiguous()}
             else:
                 tensors = {"frames": clip.frames}

@@ -9,7 +9,9 @@ the CFG layer, temporal attention — is installed with attention processors and
 
 Condition states (DESIGN §3): ε_a = (audio, reference), ε_r = (null audio, reference),
 ε_b = (null audio, no reference); `denoise` takes per-sample `drop_audio` / `drop_reference`, so
-the three come out of one batched forward (`denoise_multi_cfg`).
+the three come out of one batched forward (`denoise_multi_cfg`). The drop flags live on the host
+(`host_flags`): what to run and the NFE count are decided from them without waiting for the GPU,
+and the device masks are made from them with one non-blocking copy.
 
 Model families (docs/DESIGN.md §3c): `config.family == "hallo"` swaps the temporal layers and the
 audio projection for Hallo's motion modules, audio modules, identity tokens and face locator
@@ -67,6 +69,27 @@ class ReferenceFeatures:
             latent,
             None if self.hallo is None else self.hallo.tile(repeats),
         )
+
+
+def host_flags(flags, batch_size: int) -> torch.Tensor:
+    """Per-sample condition drops as a (B,) bool tensor on the CPU (the host).
+
+    ``flags``: a bool, a sequence of bools, or a tensor; a single value broadcasts to ``batch_size``.
+    Decisions made from the result (`all`, `any`, the NFE count) cost no device sync. A tensor on an
+    accelerator is copied back, which waits for it: pass host flags (training and sampling do).
+    """
+    flags = torch.as_tensor(flags, dtype=torch.bool)  # a no-op for a CPU bool tensor
+    if flags.device.type != "cpu":
+        flags = flags.cpu()
+    return flags.reshape(-1).expand(batch_size) if flags.numel() == 1 else flags.reshape(batch_size)
+
+
+def device_values(values, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Per-sample numbers (timesteps, CFG scales) as a (B,) float32 tensor on ``device``; one number is
+    filled in there (no blocking host-to-device copy), a tensor of one value or B broadcasts."""
+    if not torch.is_tensor(values):
+        return torch.full((batch_size,), float(values), dtype=torch.float32, device=device)
+    return values.to(device, torch.float32, non_blocking=True).reshape(-1).expand(batch_size)
 
 
 class _TimeEmbedShift:
@@ -366,21 +389,23 @@ class FadaModel(torch.nn.Module):
         `drop_reference` removes the reference path (`reference_features=None`: dropped for all).
         `cfg_scales` = (cfg_a, cfg_r), each (B,), for a student with CFG conditioning; None there
         means (1, 1). Counts one NFE per distinct (drop_audio, drop_reference) state in the batch.
+        The drop flags are read on the host (`host_flags`); pass them as CPU tensors or bools.
         """
         b, f = noisy.shape[:2]
         device = noisy.device
-        drop_audio = torch.as_tensor(drop_audio, dtype=torch.bool, device=device).reshape(b)
-        drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=device).reshape(b)
+        drop_audio, drop_reference = host_flags(drop_audio, b), host_flags(drop_reference, b)  # (B,) bool, host
         if reference_features is None and self.hallo is not None:
             raise ValueError("the hallo family needs reference features (its masks and motion frames) in every call")
         reference_latent = self._reference_latent(reference_features, b)  # (B, C, h, w) or None
         if reference_features is None or not reference_features.features:
             drop_reference = torch.ones_like(drop_reference)
+        # the device's masks: one non-blocking copy of both (B,) rows
+        audio_mask, reference_mask = torch.stack([drop_audio, drop_reference]).to(device, non_blocking=True)
 
         # 1. audio tokens, null where dropped, frames folded into the batch
         tokens = _tile(audio_tokens, b, "audio_tokens").to(self.dtype)  # (B, F, N, D)
         null = self.audio_projection.null_tokens.to(tokens.dtype)
-        tokens = torch.where(drop_audio[:, None, None, None], null, tokens)
+        tokens = torch.where(audio_mask[:, None, None, None], null, tokens)
         tokens = tokens.reshape(b * f, *tokens.shape[2:])  # (B·F, N, D)
 
         # 2. reference features, masked per sample where dropped
@@ -390,15 +415,15 @@ class FadaModel(torch.nn.Module):
                 raise ValueError(f"reference features for {reference_features.batch_size} clips, batch {b}")
             tiled = reference_features.tile(b // reference_features.batch_size)
             tokens = self.hallo.prepare(state, tiled.hallo, tiled.features, self.config.motion_frames, tokens,
-                                        drop_reference, f)  # fmt: skip
-            state.reference_keep = None if not bool(drop_reference.any()) else ~drop_reference
+                                        reference_mask, f)  # fmt: skip
+            state.reference_keep = None if not bool(drop_reference.any()) else ~reference_mask
             if bool(drop_reference.all()):
                 state.reference = None
         elif not bool(drop_reference.all()):
             if reference_features.batch_size == 0 or b % reference_features.batch_size:
                 raise ValueError(f"reference features for {reference_features.batch_size} clips, batch {b}")
             state.reference = reference_features.tile(b // reference_features.batch_size).features
-            state.reference_keep = None if not bool(drop_reference.any()) else ~drop_reference
+            state.reference_keep = None if not bool(drop_reference.any()) else ~reference_mask
 
         # 3. student CFG conditioning (Eq. 10 tokens, scale-MLP tokens or a timestep-embedding shift); the
         # audio's own timestep-embedding shift (`audio_time_embedding`), per frame, added to it
@@ -410,10 +435,10 @@ class FadaModel(torch.nn.Module):
             )
 
         # 4. one denoising-net forward over B·F frames (the reference latent on extra input channels)
-        timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=device).reshape(-1).expand(b)
+        timesteps = device_values(timesteps, b, device)  # (B,)
         sample = noisy.reshape(b * f, *noisy.shape[2:]).to(self.dtype)  # (B·F, C, h, w)
         if self.config.reference_concat:
-            shown = torch.where(drop_reference[:, None, None, None], 0.0, reference_latent).to(self.dtype)
+            shown = torch.where(reference_mask[:, None, None, None], 0.0, reference_latent).to(self.dtype)
             sample = torch.cat([sample, shown.repeat_interleave(f, dim=0)], dim=1)  # (B·F, 2C, h, w)
         try:
             out = self.denoising_unet(
@@ -458,10 +483,10 @@ class FadaModel(torch.nn.Module):
         ``native=True``: the network's own outputs (v for a v-prediction model), see `denoise`."""
         b = noisy.shape[0]
         device = noisy.device
-        flags = torch.tensor([[False, False], [True, False], [True, True]], device=device)  # (audio, ref) drops
+        flags = torch.tensor([[False, False], [True, False], [True, True]])  # (audio, ref) drops, on the host
         drops = flags.repeat_interleave(b, dim=0)  # (3B, 2)
-        timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=device).reshape(-1).expand(b).repeat(3)
-        scales = None if cfg_scales is None else tuple(torch.as_tensor(s, device=device).repeat(3) for s in cfg_scales)
+        timesteps = device_values(timesteps, b, device).repeat(3)  # (3B,)
+        scales = None if cfg_scales is None else tuple(device_values(s, b, device).repeat(3) for s in cfg_scales)
         eps = self.denoise(
             noisy.repeat(3, 1, 1, 1, 1),
             timesteps,
@@ -487,8 +512,11 @@ class FadaModel(torch.nn.Module):
         face: FaceConditions | None = None,
     ):
         """Training forward: reference features + audio tokens + `denoise` (reference net skipped if all dropped;
-        the hallo family always runs it: its masks and motion frames stay when the reference is dropped)."""
-        drop_reference = torch.as_tensor(drop_reference, dtype=torch.bool, device=noisy.device)
+        the hallo family always runs it: its masks and motion frames stay when the reference is dropped).
+
+        The drop flags are read on the host (`host_flags`): skipping the reference net costs no device sync.
+        """
+        drop_reference = host_flags(drop_reference, noisy.shape[0])
         reference = self.condition_reference(reference_latent, motion_latents, drop_reference, face)
         tokens = self.audio_tokens(audio_features)
         return self.denoise(noisy, timesteps, tokens, reference, drop_audio, drop_reference, cfg_scales)
@@ -500,9 +528,7 @@ class FadaModel(torch.nn.Module):
             return
         if cfg_scales is None:
             cfg_scales = (torch.ones(b, device=device), torch.ones(b, device=device))
-        cfg_a, cfg_r = (
-            torch.as_tensor(s, dtype=torch.float32, device=device).reshape(-1).expand(b) for s in cfg_scales
-        )
+        cfg_a, cfg_r = (device_values(s, b, device) for s in cfg_scales)  # (B,) each
         if self.config.cfg_conditioning == "time-embed":
             self._time_shift.shift = self.cfg_conditioning.time_embedding(cfg_a, cfg_r).repeat_interleave(f, dim=0)
         else:

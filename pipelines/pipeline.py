@@ -135,7 +135,7 @@ class FadaPipeline:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32"
+        cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
     ) -> FadaPipeline:
         """Load a checkpoint folder (teacher or fast/balanced student) once."""
         started = time.perf_counter()
@@ -269,7 +269,7 @@ class FadaPipeline:
             audio_tokens = model.audio_tokens(windows(first, first + frames_per_clip)[None].to(device))  # (1, F, N, D)
             # 4. denoising loop from seeded noise
             shape = (1, frames_per_clip, *reference_latent.shape[1:])  # (1, F, C, h, w)
-            z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+            z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, non_blocking=True)
             nfe_before = model.nfe_counter
             for i, timestep in enumerate(scheduler.timesteps):
                 eps = strategy.guided_eps(model, z, timestep, audio_tokens, reference, config)
@@ -358,7 +358,7 @@ def generate(
     out_mp4: str | Path,
     config: GenerateConfig | None = None,
     device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "fp32",
+    dtype: str | torch.dtype = "auto",
     quiet: bool = False,
     stream: bool = False,
 ) -> GenerationStats:

@@ -215,6 +215,7 @@ class DDIMSampler:
         self.prediction_type = prediction_type  # what `step` takes: ε, or the network's v
         self.final_alpha_cumprod = final_alpha_cumprod  # ᾱ after the last v step; None = ᾱ_0
         self.stride = NUM_TRAIN_TIMESTEPS // num_steps
+        self._on_device: torch.Tensor | None = None  # ᾱ on the latents' device, copied once
 
     @classmethod
     def for_model(cls, config, num_steps: int) -> DDIMSampler:
@@ -233,7 +234,9 @@ class DDIMSampler:
             t = self.timesteps[i]
             return ddim_step_v(model_output, z, t, t - self.stride, self.alphas_cumprod, self.final_alpha_cumprod)
         t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else None
-        return ddim_step(model_output, z, self.timesteps[i], t_prev, self.alphas_cumprod)
+        if self._on_device is None or self._on_device.device != z.device:  # a step then reads ᾱ on the device:
+            self._on_device = self.alphas_cumprod.to(z.device, non_blocking=True)  # no host-to-device copy per step
+        return ddim_step(model_output, z, self.timesteps[i], t_prev, self._on_device)
 
 
 class PeRFlowScheduler:

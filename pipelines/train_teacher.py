@@ -56,7 +56,15 @@ from pipelines.data import batch_latents
 from pipelines.errors import UsageError
 from pipelines.model import FadaModel
 from pipelines.schedulers import NUM_TRAIN_TIMESTEPS, add_noise, sd15_alphas_cumprod
-from pipelines.training import Resolved, Run, Stage, TrainConfig, motion_weights, sample_condition_dropout
+from pipelines.training import (
+    Resolved,
+    Run,
+    Stage,
+    TrainConfig,
+    latent_dtype,
+    motion_weights,
+    sample_condition_dropout,
+)
 
 STAGE = "teacher"
 LOSS_WEIGHTINGS = ("eps", "min-snr", "truncated-snr", "v")
@@ -100,6 +108,10 @@ class TeacherStage(Stage):
                 "distil it, or train a fada preset (tiny, demo, sd15)."
             )
         self.history = starting_history(resolved.resumed, resolved.started, resolved.config.stage)
+
+    def may_skip_parameters(self, config: TeacherTrainConfig) -> bool:
+        frozen_reference = config.stage == "video" and config.video_trainable == "audio-temporal"
+        return not frozen_reference and super().may_skip_parameters(config)
 
     def frames(self, config: TeacherTrainConfig) -> int | None:
         return 1 if config.stage == "image" else None  # the image stage trains on single frames
@@ -188,13 +200,18 @@ def teacher_loss(
     """
     unwrapped = getattr(model, "module", model)
     image_stage = train_config.stage == "image"
-    # (B, F, C, h, w), (B, C, h, w), (B, M, C, h, w) or None: from the latent cache, or encoded here
-    z0, reference_latent, motion_latents = batch_latents(unwrapped.encode_images, batch, motion=not image_stage)
+    # (B, F, C, h, w), (B, C, h, w), (B, M, C, h, w) or None: from the latent cache, or encoded here; VAE latents
+    # in `latent_precision` either way
+    z0, reference_latent, motion_latents = batch_latents(
+        unwrapped.encode_images, batch, motion=not image_stage, dtype=latent_dtype(unwrapped, train_config)
+    )
     b, device = z0.shape[0], z0.device
-    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=generator).to(device)  # (B,)
-    eps = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(device)  # (B, F, C, h, w)
+    # drawn on the CPU generator; copied without waiting (the device runs on while the host draws the next)
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=generator).to(device, non_blocking=True)  # (B,)
+    eps = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(device, non_blocking=True)
+    # (B,) bool each, on the host: the model decides from them without a device sync
     drop_audio, drop_reference = sample_condition_dropout(
-        b, train_config.p_drop_audio, train_config.p_drop_both, generator=generator, device=device
+        b, train_config.p_drop_audio, train_config.p_drop_both, generator=generator
     )
     if image_stage:
         drop_audio = torch.ones_like(drop_audio)

@@ -21,22 +21,24 @@ import csv
 import dataclasses
 import functools
 import math
+import os
 import shutil
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 from pipelines import checkpoint as ckpt
 from pipelines.data import WindowDataset, WindowSampler, default_num_workers, window_batches
-from pipelines.devices import bf16_supported, enable_tf32, resolve_device, resolve_dtype
+from pipelines.devices import DTYPES, bf16_supported, enable_tf32, resolve_device, resolve_dtype, unreachable
 from pipelines.errors import CheckpointError, DeviceError, UsageError
 from pipelines.extras import require
 from pipelines.manifest import manifest_hash
@@ -47,11 +49,13 @@ from pipelines.progress import log, make_progress
 MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 TB_DIR = "tb"
 # TrainConfig fields --resume may change: the run length and bookkeeping, gradient checkpointing
-# (it recomputes activations in the backward pass; the maths, and so the resumed run, stay the same)
-# and how the data is loaded (workers, latent cache: the same windows either way)
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "gradient_checkpointing", "num_workers", "latent_cache"}
+# (it recomputes activations in the backward pass; the maths, and so the resumed run, stay the same),
+# how the data is loaded (workers, latent cache: the same windows either way) and the processes' timeouts
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "gradient_checkpointing", "num_workers", "latent_cache",
+                     "collective_timeout", "connect_timeout"}  # fmt: skip
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
+LATENT_PRECISIONS = ("bf16", "fp32")
 LOG_FILE = "train_log.csv"
 
 
@@ -77,6 +81,11 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (torch) | adamw8bit (bitsandbytes; 8-bit moments, about 1/4 the state)
     num_workers: int | None = None  # DataLoader worker processes per process; None: 0 on the CPU, else up to 4
     latent_cache: str | None = None  # folder of the latent cache (`pipelines.latent_cache`); None: decode clips
+    latent_precision: str = "bf16"  # VAE latents are trained in (and cached in) bf16 | fp32, cached or encoded
+    # several processes (`accelerate launch`): how long a process waits at a collective (NCCL/gloo) before the run
+    # fails — the latent-cache fill and a large checkpoint save run before barriers — and to reach the rendezvous
+    collective_timeout: float = 60.0  # minutes
+    connect_timeout: float = 20.0  # seconds to reach the launcher's rendezvous (MASTER_ADDR:MASTER_PORT)
     # condition dropout (docs/DESIGN.md §3): what the loss drops, per sample
     p_drop_audio: float = 0.10  # probability of dropping the audio alone (null audio tokens)
     p_drop_both: float = 0.05  # probability of dropping audio and reference together
@@ -113,6 +122,14 @@ class TrainConfig:
             raise UsageError(f"`identity_augment` {self.identity_augment} is not valid; use a probability in [0, 1].")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"`optimizer` {self.optimizer!r} is not valid; use {' or '.join(OPTIMIZERS)}.")
+        if self.latent_precision not in LATENT_PRECISIONS:
+            raise UsageError(
+                f"`latent_precision` {self.latent_precision!r} is not valid; use {' or '.join(LATENT_PRECISIONS)}."
+            )
+        for name, unit in (("collective_timeout", "minutes, e.g. 60"), ("connect_timeout", "seconds, e.g. 20")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise UsageError(f"`{name}` {value!r} is not valid; use a positive number of {unit}.")
         for name in ("p_drop_audio", "p_drop_both"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"`{name}` {getattr(self, name)} is not valid; use a probability in [0, 1].")
@@ -134,8 +151,16 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def make_accelerator(device: torch.device, config: TrainConfig) -> Accelerator:
-    """An `Accelerator` on ``device`` (single process) or on the launcher's per-process devices."""
+def make_accelerator(device: torch.device, config: TrainConfig, find_unused_parameters: bool = True) -> Accelerator:
+    """An `Accelerator` on ``device`` (single process) or on the launcher's per-process devices.
+
+    Under a launcher the rendezvous is reached first (`check_rendezvous`, ``connect_timeout``), then the
+    process group waits ``collective_timeout`` minutes at each collective. DDP: gradients are views of
+    its all-reduce buckets (no second copy); ``find_unused_parameters`` (an extra pass over the graph
+    every step) only where a micro-batch can leave a trained parameter without a gradient
+    (`Stage.may_skip_parameters`).
+    """
+    check_rendezvous(config.connect_timeout)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # accelerate's single-process device is the current CUDA device
     enable_tf32(device)  # fp32 matmuls (the --mixed-precision no path, fp32 parts under autocast) on TF32 cores
@@ -143,14 +168,52 @@ def make_accelerator(device: torch.device, config: TrainConfig) -> Accelerator:
     # raises; a run in the same Python process (fada demo, FadaPipeline users, tests) starts afresh.
     # The distributed part (PartialState: ranks, devices) is kept.
     AcceleratorState._reset_state()
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision=config.mixed_precision,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # dropped conditions
+        kwargs_handlers=[ddp, InitProcessGroupKwargs(timeout=timedelta(minutes=config.collective_timeout))],
     )
     if accelerator.num_processes == 1 and accelerator.device.type != device.type:
         raise DeviceError(f"accelerate chose {accelerator.device} but `device` {device} was asked for; check CUDA.")
     return accelerator
+
+
+def agent_store() -> bool:
+    """Whether torchrun's agent (``accelerate launch``'s launcher) hosts the rendezvous store: it is up before
+    any process of the run starts."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+
+
+def launcher_rendezvous() -> tuple[str, int] | None:
+    """The (host, port) this process must reach to join a multi-process run, from the launcher's
+    environment (``WORLD_SIZE`` > 1, ``MASTER_ADDR``, ``MASTER_PORT``); None when it has nothing to reach:
+    a single process, or the process of rank 0 that hosts the store itself (not under torchrun's agent)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+        return None
+    if int(os.environ.get("RANK", "0")) == 0 and not agent_store():
+        return None
+    return os.environ["MASTER_ADDR"], int(os.environ.get("MASTER_PORT", "29500"))
+
+
+def check_rendezvous(timeout_s: float) -> None:
+    """Fail with one line when the launcher's rendezvous answers nothing: within ``timeout_s`` seconds, or at the
+    first refused connection where torchrun's agent hosts the store (it is up before the processes start; when
+    rank 0 hosts it, a refusal is retried — rank 0 may still be starting).
+
+    torch waits for the store as long as the collective timeout (an hour by default, for the barriers
+    after a latent-cache fill or a large checkpoint save); a wrong address should not cost that hour.
+    """
+    target = launcher_rendezvous()
+    if target is None:
+        return
+    host, port = target
+    if (reason := unreachable(host, port, timeout_s, retry_refused=not agent_store())) is not None:
+        raise DeviceError(
+            f"cannot reach the rendezvous of the launcher at {host}:{port} (MASTER_ADDR:MASTER_PORT) within "
+            f"{timeout_s:g} s ({reason}); check that the main node is up, that --main_process_ip and "
+            "--main_process_port name it and that the port is open from here, or raise `connect_timeout`."
+        )
 
 
 def preset_defaults(preset: str, device: torch.device) -> dict:
@@ -291,9 +354,10 @@ def make_ema(params: dict[str, torch.nn.Parameter], decay: float) -> dict[str, t
 
 
 def update_ema(ema: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·p for every parameter, in one multi-tensor kernel per device and dtype."""
     with torch.no_grad():
-        for n, p in params.items():
-            ema[n].lerp_(p.detach().float(), 1.0 - decay)  # ema ← decay·ema + (1 − decay)·p
+        names = list(params)
+        torch._foreach_lerp_([ema[n] for n in names], [params[n].detach().float() for n in names], 1.0 - decay)
 
 
 @contextlib.contextmanager
@@ -415,15 +479,22 @@ def motion_weights(z0: torch.Tensor, alpha: float) -> torch.Tensor:
     return weights / weights.mean(dim=(-2, -1), keepdim=True)
 
 
-def sample_condition_dropout(batch_size: int, p_audio: float, p_both: float, generator=None, device=None):
+def sample_condition_dropout(batch_size: int, p_audio: float, p_both: float, generator=None):
     """Condition dropout (docs/DESIGN.md §3): audio alone with ``p_audio``, audio and reference with ``p_both``.
 
-    Returns ``(drop_audio, drop_reference)``, each (B,) bool; drawn on the CPU generator, then moved.
+    Returns ``(drop_audio, drop_reference)``, each (B,) bool on the CPU (the host), drawn on the CPU
+    generator: `FadaModel` decides from them what to run and counts NFE without waiting for the device.
     """
-    u = torch.rand(batch_size, generator=generator).to(device)
+    u = torch.rand(batch_size, generator=generator)
     drop_both = u < p_both
     drop_audio = u < p_both + p_audio  # audio alone for u in [p_both, p_both + p_audio)
     return drop_audio, drop_both
+
+
+def latent_dtype(model: FadaModel, config: TrainConfig) -> torch.dtype | None:
+    """The dtype a VAE model's training latents are rounded to (`TrainConfig.latent_precision`), cached or encoded
+    alike; None in pixel space, where the images themselves are the latents."""
+    return None if getattr(model, "vae", None) is None else DTYPES[config.latent_precision]
 
 
 def model_overrides_applied(config: ModelConfig, overrides: dict) -> ModelConfig:
@@ -540,15 +611,26 @@ def resumed_configs(info, model_config: ModelConfig, train_config: TrainConfig, 
     return saved_model, dataclasses.replace(saved, **keep)
 
 
-def check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an existing folder for a new run (``overwrite`` replaces a checkpoint)."""
+def check_out(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse to clobber an existing folder for a new run; True when ``overwrite`` must replace a checkpoint there."""
     if resume or not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
+        return False
     if not overwrite:
         raise UsageError(f"`out` {out} already exists; pass `resume` to continue it or `overwrite` to replace it.")
     if out.is_dir() and not (out / ckpt.CHECKPOINT_FILE).is_file():
         raise UsageError(f"`overwrite` refuses to delete {out}: it is not a fada checkpoint; pick a new `out`.")
-    shutil.rmtree(out)
+    return True
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool, accelerator) -> None:
+    """`check_out` on every process (each raises the same error); an old checkpoint is deleted by the main
+    process alone, once every process has looked at it, and the others wait until it is gone."""
+    if not check_out(out, resume, overwrite):
+        return
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(out)
+    accelerator.wait_for_everyone()
 
 
 # --- a training stage ------------------------------------------------------------------------------
@@ -585,6 +667,12 @@ class Stage:
 
     def check(self, resolved: Resolved) -> None:
         """Refuse configs that do not go together (before anything is written)."""
+
+    def may_skip_parameters(self, config: TrainConfig) -> bool:
+        """Whether a micro-batch can leave a trained parameter without a gradient, so that DDP must look for
+        unused parameters every step. Here: the reference net is skipped when every sample of a process's
+        micro-batch drops the reference (``p_drop_both`` > 0), unless the stage freezes it."""
+        return config.p_drop_both > 0
 
     # the model
     def new_model(self, run: Run) -> torch.nn.Module:
@@ -749,11 +837,11 @@ def fit(
     run.start_step = resolved.resumed.step if resolved.resumed else 0
     if run.start_step >= config.steps:
         raise UsageError(f"{out} is already at step {run.start_step} >= `steps` {config.steps}; pass more `steps`.")
-    # 2. the output folder
-    check_out(out, resume, overwrite)
-    # 3. accelerate (one process, or `accelerate launch` for several); clips decoded when a window of them is drawn
-    run.accelerator = make_accelerator(device, config)
+    # 2. accelerate (one process, or `accelerate launch` for several); then the output folder, cleared by one process
+    run.accelerator = make_accelerator(device, config, stage.may_skip_parameters(config))
     run.device = run.accelerator.device
+    prepare_out(out, resume, overwrite, run.accelerator)
+    # 3. the data: clips decoded when a window of them is drawn
     run.dataset = WindowDataset(manifest, resolved.model_config, config.tiers, num_frames=stage.frames(config),
                                 identity_augment=config.identity_augment)  # fmt: skip
     sampler = WindowSampler(len(run.dataset), config.seed)
@@ -767,7 +855,9 @@ def fit(
     if resolved.resumed is not None:
         run.elapsed = restore_training_state(out, state)
     attach_latent_cache(run, stage.encoder(model))
-    model, state.optimizer, state.lr_scheduler = run.accelerator.prepare(model, optimizer, lr_scheduler)
+    # the LR schedule stays outside `prepare`: accelerate would step it once per process at every optimiser
+    # step (its `split_batches=False` rule), ending the warm-up N× too early with N processes
+    model, state.optimizer = run.accelerator.prepare(model, optimizer)
     # 5. the loop
     logs = TrainLogs(out, run.start_step, run.accelerator.is_main_process, stage.logs, keep=stage.keep)
     done = run_training_loop(run, stage, model, state, logs)
@@ -791,13 +881,15 @@ def attach_latent_cache(run: Run, encoder) -> None:
     from pipelines.latent_cache import cache_key, fill_cache, open_cache
 
     dataset, accelerator = run.dataset, run.accelerator
-    key = cache_key(dataset.manifest, dataset.config, encoder.vae)
+    key = cache_key(dataset.manifest, dataset.config, encoder.vae, DTYPES[run.config.latent_precision])
     if accelerator.is_main_process:
         open_cache(run.config.latent_cache, key, create=True)
     accelerator.wait_for_everyone()
     cache = open_cache(run.config.latent_cache, key, create=False)
+    missing = cache.missing(dataset.clip_ids)
+    accelerator.wait_for_everyone()  # every process has listed the same missing clips before any is written
     quiet = run.quiet or run.rank > 0
-    fill_cache(cache, dataset, encoder.encode_images, run.device, run.rank, run.world, quiet)
+    fill_cache(cache, dataset, encoder.encode_images, run.device, quiet=quiet, todo=missing[run.rank :: run.world])
     accelerator.wait_for_everyone()
     dataset.cache = cache
 
@@ -830,6 +922,14 @@ def save_stage_checkpoint(run: Run, stage: Stage, model, state: TrainingState, l
         stage.saved(run)
 
 
+def step_means(accelerator: Accelerator, records: list[dict], names: Sequence[str]) -> dict[str, float]:
+    """The step's mean of each record entry in ``names`` over its micro-batches and every process (a collective:
+    every process calls it; one all-reduce and one device-to-host copy for all of them)."""
+    stacked = torch.stack([torch.stack([r[name].float().mean() for r in records]).mean() for name in names])
+    values = accelerator.reduce(stacked, "mean").tolist()
+    return dict(zip(names, values, strict=True))
+
+
 @dataclass(frozen=True)
 class LoopResult:
     means: dict[str, float]  # the last step's means over micro-batches and processes (at least "loss")
@@ -844,9 +944,10 @@ def run_training_loop(run: Run, stage: Stage, model: torch.nn.Module, state: Tra
     Per step, for each of ``grad_accum`` micro-batches: this process's B windows (`window_batches`,
     DataLoader workers), a generator seeded by (seed, step, micro, process), ``stage.loss(model,
     batch, generator)`` → (loss, record of per-sample tensors) under autocast, backward (gradients
-    synced on the last micro-batch only); then `optimizer_step`. ``stage.summary_names``: record
-    entries (and ``loss``) averaged over micro-batches and processes every step. Every ``log_every``
-    steps `Stage.write_log`; every ``checkpoint_every`` steps and at the end a checkpoint. The
+    synced on the last micro-batch only); then `optimizer_step`. Every ``log_every`` steps (and at
+    the last) ``stage.summary_names`` — record entries and ``loss`` — are averaged over micro-batches
+    and processes and read on the host (`step_means`), and `Stage.write_log` writes them: the other
+    steps never wait for the device. Every ``checkpoint_every`` steps and at the end a checkpoint. The
     seconds logged count the training time of earlier runs of the checkpoint too.
     """
     config, accelerator, device, rank, world = run.config, run.accelerator, run.device, run.rank, run.world
@@ -860,7 +961,7 @@ def run_training_loop(run: Run, stage: Stage, model: torch.nn.Module, state: Tra
         for step in range(run.start_step + 1, config.steps + 1):
             records = []
             for micro in range(config.grad_accum):
-                state.sampler.take(config.batch_size * world)  # the stream position a checkpoint saves
+                state.sampler.advance(config.batch_size * world)  # the stream position a checkpoint saves
                 batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
                 generator = torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank))
                 syncing = micro == config.grad_accum - 1
@@ -870,16 +971,14 @@ def run_training_loop(run: Run, stage: Stage, model: torch.nn.Module, state: Tra
                     accelerator.backward(loss / config.grad_accum)
                 records.append({"micro": micro, "loss": loss.detach().float(), **record})
             lr = optimizer_step(accelerator, state, config)
-            means = {
-                name: float(accelerator.reduce(torch.stack([r[name].float().mean() for r in records]).mean(), "mean"))
-                for name in stage.summary_names
-            }
             seconds = run.elapsed + time.perf_counter() - began
-            if step % config.log_every == 0 or step == config.steps:
+            if step % config.log_every == 0 or step == config.steps:  # the only host reads of the step's values
+                means = step_means(accelerator, records, stage.summary_names)
                 stage.write_log(run, logs, step, records, means, lr, seconds)
+                progress.update(task, description=f"{task_name} · loss {means['loss']:.4f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_stage_checkpoint(run, stage, model, state, logs, step, seconds)
-            progress.update(task, advance=1, description=f"{task_name} · loss {means['loss']:.4f}")
+            progress.update(task, advance=1)
     batches.close()  # stops the DataLoader workers
     logs.close()
     return LoopResult(means, time.perf_counter() - began, config.steps - run.start_step)
