@@ -334,7 +334,7 @@ class FadaModel(torch.nn.Module):
         reference latent itself still gets it (features empty), and any other model gets None. The hallo
         family always runs it: its masks and motion frames stay when the reference is dropped.
         """
-        if self.hallo is not None or not bool(torch.as_tensor(drop_reference).all()):
+        if self.hallo is not None or not bool(torch.as_tensor(drop_reference).all()):  # host flags: no sync
             return self.reference_features(reference_latent, motion_latents, face)
         if self.config.uses_reference_latent:
             return ReferenceFeatures({}, reference_latent.shape[0], reference_latent)

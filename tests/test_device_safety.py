@@ -186,6 +186,7 @@ CPU_ON_PURPOSE = {
     ("pipelines/training.py", "sample_condition_dropout", "rand"): "drop flags drawn and kept on the host",
     # condition drop flags live on the host: what to run and the NFE count need no device sync
     ("pipelines/model.py", "host_flags", "as_tensor"): "the drop flags, on the host by design",
+    ("pipelines/model.py", "FadaModel.condition_reference", "as_tensor"): "the drop flags, read on the host",
     ("pipelines/model.py", "FadaModel.denoise_multi_cfg", "tensor"): "the three branches' drop flags, on the host",
     ("pipelines/train_teacher.py", "teacher_loss", "randint"): "t on the CPU generator, then .to(device)",
     ("pipelines/train_teacher.py", "teacher_loss", "randn"): "ε on the CPU generator, then .to(device)",
@@ -216,6 +217,9 @@ CPU_ON_PURPOSE = {
     # data on the CPU: batches are moved to the device by the training loops
     ("pipelines/data.py", "WindowDataset.decode", "from_numpy"): "decoded video frames and audio, on the CPU",
     ("pipelines/data.py", "window_features", "from_numpy"): "frame index into CPU (or cached) features",
+    ("pipelines/data.py", "", "tensor"): "the RGB→YIQ matrix of the identity augmentation, applied to CPU windows",
+    ("pipelines/data.py", "identity_transform", "tensor"): "the hue rotation, applied to the CPU windows",
+    ("pipelines/data.py", "identity_transform", "from_numpy"): "the channel permutation, applied to the CPU windows",
     ("pipelines/checkpoint.py", "pack_state.encode", "from_numpy"): "saved to safetensors from the CPU",
     # metric extractors: `Extractor._forward` moves its inputs to the extractor's device
     ("pipelines/metrics/extractors.py", "_inception_input", "from_numpy"): "moved by _forward",
