@@ -100,7 +100,7 @@ def command(
     seconds per video second, speed-up, share of frames with a face found, identity against the
     portrait, mouth-vs-speech r forward and reversed, sync / E-FID proxies, BRISQUE), the targets
     met, a contact sheet PNG and OUT/demo_summary.json. The teacher keeps at least half the budget;
-    on a slow machine the videos get shorter and the teacher samples fewer DDIM steps (25, 15, 10)
+    on a slow machine the videos get shorter and the teacher samples fewer DDIM steps (25, 15, 10, 6)
     unless --generate-steps says otherwise.
 
     Example:
