@@ -129,6 +129,10 @@ def command(
         fada distill --teacher runs/teacher --manifest curated/manifest.parquet --out runs/student
         --cache-latents cache/curated-sd15
     """
+    from pipelines.rendezvous import CONNECT_TIMEOUT_S, check_rendezvous
+
+    # a dead rendezvous fails before torch and the model code are imported (seconds of start-up)
+    check_rendezvous(CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout)
     from pipelines.distill import DistillStage
     from pipelines.training import fit
 

@@ -150,6 +150,10 @@ def command(
         fada train-teacher --manifest curated/manifest.parquet --preset sd15 --pretrained-sd sd15/ --stage image
         --out runs/image --cache-latents cache/curated-sd15 --num-workers 4
     """
+    from pipelines.rendezvous import CONNECT_TIMEOUT_S, check_rendezvous
+
+    # a dead rendezvous fails before torch and the model code are imported (seconds of start-up)
+    check_rendezvous(CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout)
     from pipelines.train_teacher import TeacherStage
     from pipelines.training import fit
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.devices import unreachable
 from pipelines.errors import UsageError
 from pipelines.extras import require
+from pipelines.rendezvous import unreachable
 
 if TYPE_CHECKING:
     from pipelines.curate import CurateConfig

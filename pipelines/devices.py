@@ -1,6 +1,4 @@
-"""Device and dtype selection: `--device auto|cpu|cuda[:N]|mps`, `--dtype auto|fp32|bf16|fp16`; and
-`unreachable`, the check that another machine a run joins (a launcher's rendezvous, a Ray cluster)
-answers at all, so a wrong address fails in seconds rather than after a library's own long wait.
+"""Device and dtype selection: `--device auto|cpu|cuda[:N]|mps`, `--dtype auto|fp32|bf16|fp16`.
 
 No silent fallback: asking for a device that is not there is an error (DESIGN §1).
 """
@@ -8,8 +6,6 @@ No silent fallback: asking for a device that is not there is an error (DESIGN §
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 import torch
 
@@ -100,25 +96,6 @@ def enable_tf32(device: torch.device) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return True
-
-
-def unreachable(host: str, port: int, timeout_s: float, retry_refused: bool = True) -> str | None:
-    """Try to open a TCP connection to ``host:port`` until one succeeds or ``timeout_s`` seconds pass.
-
-    Returns None once something answers, else why nothing did (connection refused, no route, timed
-    out). ``retry_refused``: a refused connection is tried again every 0.5 s (the other side may still
-    be starting); otherwise it is the answer at once — nothing listens there.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-                return None
-        except OSError as exc:  # refused, unreachable, unknown host, or no answer in time
-            refused = isinstance(exc, ConnectionRefusedError)
-            if (refused and not retry_refused) or time.monotonic() + 0.5 >= deadline:
-                return exc.strerror or str(exc) or type(exc).__name__
-            time.sleep(0.5)
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -21,7 +21,6 @@ import csv
 import dataclasses
 import functools
 import math
-import os
 import shutil
 import time
 import uuid
@@ -38,13 +37,14 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 
 from pipelines import checkpoint as ckpt
 from pipelines.data import WindowDataset, WindowSampler, default_num_workers, window_batches
-from pipelines.devices import DTYPES, bf16_supported, enable_tf32, resolve_device, resolve_dtype, unreachable
+from pipelines.devices import DTYPES, bf16_supported, enable_tf32, resolve_device, resolve_dtype
 from pipelines.errors import CheckpointError, DeviceError, UsageError
 from pipelines.extras import require
 from pipelines.manifest import manifest_hash
 from pipelines.model import FadaModel
 from pipelines.model_config import ModelConfig, get_preset
 from pipelines.progress import log, make_progress
+from pipelines.rendezvous import CONNECT_TIMEOUT_S, check_rendezvous
 
 MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 TB_DIR = "tb"
@@ -85,7 +85,7 @@ class TrainConfig:
     # several processes (`accelerate launch`): how long a process waits at a collective (NCCL/gloo) before the run
     # fails — the latent-cache fill and a large checkpoint save run before barriers — and to reach the rendezvous
     collective_timeout: float = 60.0  # minutes
-    connect_timeout: float = 20.0  # seconds to reach the launcher's rendezvous (MASTER_ADDR:MASTER_PORT)
+    connect_timeout: float = CONNECT_TIMEOUT_S  # seconds to reach the launcher's rendezvous (MASTER_ADDR:MASTER_PORT)
     # condition dropout (docs/DESIGN.md §3): what the loss drops, per sample
     p_drop_audio: float = 0.10  # probability of dropping the audio alone (null audio tokens)
     p_drop_both: float = 0.05  # probability of dropping audio and reference together
@@ -177,43 +177,6 @@ def make_accelerator(device: torch.device, config: TrainConfig, find_unused_para
     if accelerator.num_processes == 1 and accelerator.device.type != device.type:
         raise DeviceError(f"accelerate chose {accelerator.device} but `device` {device} was asked for; check CUDA.")
     return accelerator
-
-
-def agent_store() -> bool:
-    """Whether torchrun's agent (``accelerate launch``'s launcher) hosts the rendezvous store: it is up before
-    any process of the run starts."""
-    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-
-
-def launcher_rendezvous() -> tuple[str, int] | None:
-    """The (host, port) this process must reach to join a multi-process run, from the launcher's
-    environment (``WORLD_SIZE`` > 1, ``MASTER_ADDR``, ``MASTER_PORT``); None when it has nothing to reach:
-    a single process, or the process of rank 0 that hosts the store itself (not under torchrun's agent)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
-        return None
-    if int(os.environ.get("RANK", "0")) == 0 and not agent_store():
-        return None
-    return os.environ["MASTER_ADDR"], int(os.environ.get("MASTER_PORT", "29500"))
-
-
-def check_rendezvous(timeout_s: float) -> None:
-    """Fail with one line when the launcher's rendezvous answers nothing: within ``timeout_s`` seconds, or at the
-    first refused connection where torchrun's agent hosts the store (it is up before the processes start; when
-    rank 0 hosts it, a refusal is retried — rank 0 may still be starting).
-
-    torch waits for the store as long as the collective timeout (an hour by default, for the barriers
-    after a latent-cache fill or a large checkpoint save); a wrong address should not cost that hour.
-    """
-    target = launcher_rendezvous()
-    if target is None:
-        return
-    host, port = target
-    if (reason := unreachable(host, port, timeout_s, retry_refused=not agent_store())) is not None:
-        raise DeviceError(
-            f"cannot reach the rendezvous of the launcher at {host}:{port} (MASTER_ADDR:MASTER_PORT) within "
-            f"{timeout_s:g} s ({reason}); check that the main node is up, that --main_process_ip and "
-            "--main_process_port name it and that the port is open from here, or raise `connect_timeout`."
-        )
 
 
 def preset_defaults(preset: str, device: torch.device) -> dict:

@@ -14,7 +14,8 @@ PACKAGES = ("fada_cli", "pipelines", "filters")
 # lowest first: a module may import from its own layer (without a circle) and from the layers before it
 LAYERS = {
     "foundations": [
-        "pipelines.errors", "pipelines.extras", "pipelines.devices", "pipelines.progress", "pipelines.media",
+        "pipelines.errors", "pipelines.extras", "pipelines.devices", "pipelines.rendezvous", "pipelines.progress",
+        "pipelines.media",
         "pipelines.manifest", "pipelines.checkpoint", "pipelines.faces", "pipelines.fada_math",
         "pipelines.schedulers", "pipelines.model_config", "pipelines.metrics", "pipelines.metrics.*",
     ],

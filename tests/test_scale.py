@@ -6,8 +6,11 @@ steps does.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -20,17 +23,17 @@ from typer.testing import CliRunner
 
 from fada_cli.main import app
 from pipelines import checkpoint as ckpt
-from pipelines import devices, training
+from pipelines import devices, rendezvous, training
 from pipelines.data import WindowDataset
 from pipelines.distill import DistillConfig, DistillStage
 from pipelines.latent_cache import LatentCache
 from pipelines.model_config import get_preset
+from pipelines.rendezvous import check_rendezvous
 from pipelines.train_teacher import TeacherStage, TeacherTrainConfig
 from pipelines.training import (
     Run,
     TrainConfig,
     attach_latent_cache,
-    check_rendezvous,
     make_accelerator,
     prepare_out,
     update_ema,
@@ -268,10 +271,10 @@ class Attempts:
 def test_a_refused_address_is_retried_only_where_the_other_side_may_still_be_starting(monkeypatch):
     attempts = Attempts()
     monkeypatch.setattr(socket, "create_connection", attempts)
-    assert devices.unreachable("127.0.0.1", 1, 30.0, retry_refused=False) == "Connection refused"
+    assert rendezvous.unreachable("127.0.0.1", 1, 30.0, retry_refused=False) == "Connection refused"
     assert attempts.count == 1  # a Ray head, or torchrun's agent store, is already up: a refusal is the answer
     attempts.count = 0
-    assert devices.unreachable("127.0.0.1", 1, 1.2) == "Connection refused"
+    assert rendezvous.unreachable("127.0.0.1", 1, 1.2) == "Connection refused"
     assert attempts.count >= 2  # rank 0 may still be starting its store: tried again until the timeout
     # under torchrun's agent (accelerate launch) the store is up before the processes start: even rank 0 probes it,
     # and the first refusal fails the run
@@ -299,7 +302,7 @@ def test_an_address_that_stays_silent_is_tried_until_the_connect_timeout(monkeyp
         raise TimeoutError("timed out")
 
     monkeypatch.setattr(socket, "create_connection", silent)
-    assert devices.unreachable("192.0.2.1", 6379, 1.2, retry_refused=False) == "timed out"
+    assert rendezvous.unreachable("192.0.2.1", 6379, 1.2, retry_refused=False) == "timed out"
     assert waits and all(0.1 <= wait <= 1.2 for wait in waits)
 
 
@@ -314,3 +317,29 @@ def test_a_ray_address_that_answers_nothing_fails_in_seconds(manifest, tmp_path)
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "--ray-address 127.0.0.1:1" in lines[0] and "ray start --head" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "distill"])
+def test_a_dead_rendezvous_fails_before_torch_is_imported(tmp_path, command):
+    """The probe runs before the commands' heavy imports, so a dead address fails within the connect timeout of
+    the command's start (the imports alone took 17 s on a loaded 2-core CPU)."""
+    manifest = tmp_path / "manifest.parquet"
+    manifest.write_bytes(b"")
+    extra = ["--teacher", str(tmp_path)] if command == "distill" else []
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from fada_cli.main import app\n"
+        f"args = [{command!r}, '--manifest', {str(manifest)!r}, '--out', {str(tmp_path / 'out')!r}, "
+        f"'--connect-timeout', '1', *{extra!r}]\n"
+        "result = CliRunner().invoke(app, args)\n"
+        "print(result.exit_code, 'torch' in sys.modules)\n"
+        "print(result.output)\n"
+    )
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    first, *output = done.stdout.splitlines()
+    assert first == "1 False", done.stdout + done.stderr[-2000:]  # failed, and torch was never imported
+    assert any("cannot reach the rendezvous" in line and "127.0.0.1:1" in line for line in output)
+    assert not (tmp_path / "out").exists()
