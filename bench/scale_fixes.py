@@ -279,9 +279,9 @@ def dead_notes(dead: dict) -> list[str]:
                 if name.startswith("after") and "start-up" not in name and r["seconds"] <= 30]  # fmt: skip
         notes.append(f"\nOver the issue's 30 s on this shared core ({'; '.join(slow)}): each used "
                      f"{min(cpu):.0f}–{max(cpu):.0f} s of CPU, nearly all of it the start-up, stretched by the other "
-                     "jobs on the core; the probe itself took its 20 s. On an idle machine the start-up is about its "
-                     "CPU time (less on a GPU node's faster cores), so this case fails at about start-up + 20 s; "
-                     "`--connect-timeout` shortens the 20 s where rank 0 starts promptly. Within 30 s: "
+                     "jobs on the core, then the probe took its 20 s. Since then the commands probe before their "
+                     "imports (`pipelines/rendezvous.py`; the rows marked \"probe before the imports\"), so the "
+                     "case fails about 20 s after the command starts. Within 30 s: "
                      f"{'; '.join(fast) or 'none'}.")  # fmt: skip
     refused = [name for name, r in dead.items() if "TEST-NET" in name and "refused" in r["stderr_last"]]
     if refused:
