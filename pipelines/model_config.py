@@ -221,6 +221,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"{name}={value!r} is not valid; use one of {', '.join(choices)}.")
 
 
+# Hallo's sampler (its inference config): v-prediction on the linear β schedule rescaled to zero terminal SNR,
+# trailing DDIM spacing, ᾱ = 1 after the last step; both hallo presets share it
+HALLO_SCHEDULE: dict[str, Any] = dict(prediction_type="v_prediction", beta_schedule="linear", zero_terminal_snr=True,
+                                      timestep_spacing="trailing", set_alpha_to_one=True)  # fmt: skip
+
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
     "demo": ModelConfig(
@@ -292,11 +297,7 @@ PRESETS: dict[str, ModelConfig] = {
         audio_window=2,
         audio_tokens=32,
         audio_hidden_dim=512,
-        prediction_type="v_prediction",
-        beta_schedule="linear",
-        zero_terminal_snr=True,
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
+        **HALLO_SCHEDULE,
         identity_encoder="none",  # `fada import hallo` sets insightface + the folder's face_analysis/
     ),
     "hallo-tiny": ModelConfig(
@@ -323,11 +324,7 @@ PRESETS: dict[str, ModelConfig] = {
         audio_hidden_dim=32,
         identity_embedding_dim=512,
         face_locator_channels=(4, 8, 16, 32),
-        prediction_type="v_prediction",
-        beta_schedule="linear",
-        zero_terminal_snr=True,
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
+        **HALLO_SCHEDULE,
     ),
 }
 
